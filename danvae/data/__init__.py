@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic surfaces, image folders, packing, and the manifest."""

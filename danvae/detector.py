@@ -1,0 +1,175 @@
+"""A detector a notebook user can hold: fit on images, score, predict, save, load.
+
+    det = Detector("danvae", image_size=64).fit(images, is_anomaly)   # images N×H×W×C uint8
+    det.score_samples(new_images)        # the default score kind, higher = more anomalous
+    det.predict(new_images)              # True where score >= the calibrated threshold
+    det.save("runs/a"); Detector.load("runs/a")
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from danvae.config import ModelConfig, ScoreConfig, TrainConfig
+from danvae.images import brightness, fit_to
+from danvae.models import SCORE_KINDS, AnomalyVAE, build_model
+from danvae.scoring import calibrate_threshold, choose_score_kind, score_images
+from danvae.train import Trainer, TrainingData
+
+DETECTOR_FILE = "detector.pt"
+
+
+def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of train and validation images, stratified by label when anomalies allow it."""
+    idx = np.arange(len(is_anomaly))
+    stratify = is_anomaly if int(is_anomaly.sum()) >= 2 and int((~is_anomaly).sum()) >= 2 else None
+    train_idx, val_idx = train_test_split(idx, test_size=val_share, random_state=seed, stratify=stratify)
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+class Detector:
+    """DAn-VAE (or a baseline) with its calibrated threshold and chosen score kind."""
+
+    def __init__(self, model: ModelConfig | str = "danvae", *, image_size: int = 64, channels: int = 3,
+                 train: TrainConfig | None = None, score: ScoreConfig | None = None):
+        self.model_config = ModelConfig(name=model) if isinstance(model, str) else model
+        self.train_config = train or TrainConfig()
+        self.score_config = score or ScoreConfig()
+        self.image_size = image_size
+        self.channels = channels
+        self.model: AnomalyVAE | None = None
+        self.score_kind: str | None = None
+        self.threshold: float | None = None
+        self.threshold_method: str | None = None
+        self.val_aurocs: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+
+    # ---- fitting -----------------------------------------------------------------
+    def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
+            progress: bool | None = None,
+            on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None) -> "Detector":
+        """Train on ``images`` (labelled anomalies marked in ``is_anomaly``), holding out a
+        validation share to choose the score kind and calibrate the threshold."""
+        images = fit_to(images, self.image_size, self.channels)
+        is_anomaly = np.zeros(len(images), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
+        if len(images) != len(is_anomaly):
+            raise ValueError(f"{len(images)} images but {len(is_anomaly)} labels")
+        if int((~is_anomaly).sum()) < 2:
+            raise ValueError("at least two normal images are needed to train and calibrate")
+        tr, va = holdout_split(is_anomaly, self.score_config.val_share, self.train_config.seed)
+        y = brightness(images)
+        data = TrainingData.from_arrays(images[tr], y[tr], is_anomaly[tr], self.train_config.sup_ratio,
+                                        self.train_config.seed)
+        torch.manual_seed(self.train_config.seed)
+        self.model = build_model(self.model_config, self.channels, self.image_size)
+        val_images, val_y, val_labels = images[va], y[va], is_anomaly[va]
+
+        def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
+            extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}
+            if val_labels.any() and (~val_labels).any():
+                table, _ = score_images(self.model, val_images, val_y, self.score_config.batch_size)
+                extra["val_auroc"] = max(float(roc_auc_score(val_labels, table[k])) for k in SCORE_KINDS)
+            return extra
+
+        trainer = Trainer(self.model, self.train_config, run_dir, progress=progress, on_epoch_end=track_validation)
+        self.history = trainer.fit(data)
+        self.calibrate(val_images, val_labels)
+        if run_dir is not None:
+            self.save(run_dir)
+        return self
+
+    def calibrate(self, images: np.ndarray, is_anomaly: np.ndarray) -> "Detector":
+        """Choose the score kind and the threshold on held-out images."""
+        table = self.score_table(images, with_decision=False)
+        kind, self.val_aurocs = choose_score_kind(table, is_anomaly, self.model_config.name)
+        self.score_kind = kind if self.score_config.kind == "auto" else self.score_config.kind
+        self.threshold, self.threshold_method = calibrate_threshold(
+            table[self.score_kind].to_numpy(), is_anomaly, self.score_config.normal_quantile)
+        return self
+
+    # ---- scoring -----------------------------------------------------------------
+    def _require_fitted(self) -> AnomalyVAE:
+        if self.model is None:
+            raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
+        return self.model
+
+    def score_table(self, images: np.ndarray, with_decision: bool = True,
+                    heatmaps: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+        """Brightness, every score kind, and (once calibrated) ``score`` and ``is_anomaly`` per image."""
+        model = self._require_fitted()
+        images = fit_to(images, self.image_size, self.channels)
+        y = brightness(images) if len(images) else np.zeros(0)
+        table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps)
+        table.insert(0, "brightness", y)
+        if with_decision and self.score_kind is not None:
+            table.insert(1, "score", table[self.score_kind])
+            table.insert(2, "is_anomaly", table["score"] >= self.threshold)
+        return (table, maps) if heatmaps else table
+
+    def score_samples(self, images: np.ndarray) -> np.ndarray:
+        """The default anomaly score per image (higher = more anomalous)."""
+        return self.score_table(images)["score"].to_numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """True where an image is called anomalous at the calibrated threshold."""
+        return self.score_table(images)["is_anomaly"].to_numpy()
+
+    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel reconstruction error, N×H×W at the model's image size."""
+        return self.score_table(images, heatmaps=True)[1]
+
+    @torch.no_grad()
+    def latents(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Posterior means per latent part (``z_x``, and ``z_y`` for DAn-VAE), N×dim each."""
+        model = self._require_fitted().eval()
+        images = fit_to(images, self.image_size, self.channels)
+        device = next(model.parameters()).device
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(images), self.score_config.batch_size):
+            x = torch.from_numpy(images[start:start + self.score_config.batch_size]).to(device)
+            for name, mu in model.latent_means(x.permute(0, 3, 1, 2).float().div_(255.0)).items():
+                parts.setdefault(name, []).append(mu.float().cpu().numpy())
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    # ---- persistence -------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "model": self.model_config.model_dump(), "train": self.train_config.model_dump(),
+            "score": self.score_config.model_dump(), "image_size": self.image_size, "channels": self.channels,
+            "score_kind": self.score_kind, "threshold": self.threshold, "threshold_method": self.threshold_method,
+            "val_aurocs": self.val_aurocs,
+        }
+
+    def save(self, run_dir: str | Path) -> Path:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        model = self._require_fitted()
+        meta = self.metadata()
+        torch.save({"meta": meta, "state_dict": model.state_dict(), "history": self.history}, run_dir / DETECTOR_FILE)
+        (run_dir / "detector.json").write_text(json.dumps(meta, indent=2))
+        return run_dir / DETECTOR_FILE
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Detector":
+        path = Path(run_dir)
+        path = path / DETECTOR_FILE if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"no trained model at {path}: train one first (danvae train ... --out DIR)")
+        state = torch.load(path, map_location=device, weights_only=False)
+        meta = state["meta"]
+        det = cls(ModelConfig(**meta["model"]), image_size=meta["image_size"], channels=meta["channels"],
+                  train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]))
+        det.model = build_model(det.model_config, det.channels, det.image_size)
+        det.model.load_state_dict(state["state_dict"])
+        det.model.to(device).eval()
+        det.score_kind, det.threshold = meta["score_kind"], meta["threshold"]
+        det.threshold_method, det.val_aurocs = meta["threshold_method"], meta["val_aurocs"]
+        det.history = state.get("history", [])
+        return det

@@ -1,0 +1,215 @@
+"""The training loop: the reference schedule, β warm-up, checkpoints and exact resume.
+
+    data = TrainingData.from_arrays(images, brightness, is_anomaly, sup_ratio=0.5, seed=0)
+    history = Trainer(model, TrainConfig(epochs=30), run_dir="runs/a").fit(data)
+
+Schedule: the first ``warmup_epochs`` epochs see normal images only while β_x and β_y
+ramp linearly from 0; after that, each epoch first runs the labelled-anomaly batches
+with the decoder frozen (anomalies shape the encoders only), then the normal batches.
+Each epoch is seeded from (seed, epoch), so a run resumed from its checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from danvae.config import TrainConfig
+from danvae.models.base import AnomalyVAE, Batch, LossWeights
+
+LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux")
+REFERENCE_PIXELS = 3 * 128 * 128
+REFERENCE_ALPHA = 3500.0
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainingData:
+    """Training images decoded once: uint8 N×C×H×W plus per-image labels."""
+
+    images: torch.Tensor
+    y: torch.Tensor
+    y_known: torch.Tensor
+    anomaly: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, images_nhwc: np.ndarray, y: np.ndarray, anomaly: np.ndarray,
+                    sup_ratio: float = 1.0, seed: int = 0, y_known: np.ndarray | None = None) -> "TrainingData":
+        """Pack arrays; ``sup_ratio`` of the images (chosen by seed) keep their nuisance label."""
+        n = len(images_nhwc)
+        if y_known is None:
+            rng = np.random.default_rng(seed)
+            y_known = np.zeros(n, dtype=bool)
+            y_known[rng.permutation(n)[: int(round(sup_ratio * n))]] = True
+        images = torch.from_numpy(np.ascontiguousarray(np.asarray(images_nhwc, dtype=np.uint8).transpose(0, 3, 1, 2)))
+        return cls(images, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(y_known, dtype=torch.bool),
+                   torch.as_tensor(anomaly, dtype=torch.bool))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use device 'auto' or 'cpu'")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def warmup_factor(epoch: int, warmup_epochs: int) -> float:
+    """Linear ramp from 0 at epoch 0 to 1 at ``warmup_epochs`` (0-based epochs)."""
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def default_alpha(channels: int, image_size: int) -> float:
+    """The reference α = 3500 was set for 128×128 RGB; scale it with the pixel count,
+    since the reconstruction term it balances is a sum over pixels."""
+    return REFERENCE_ALPHA * channels * image_size * image_size / REFERENCE_PIXELS
+
+
+def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -> LossWeights:
+    f = warmup_factor(epoch, cfg.warmup_epochs)
+    alpha = cfg.alpha if cfg.alpha is not None else default_alpha(channels, image_size)
+    return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Parameters of ``module`` get no gradient (and so no optimizer update) inside the block."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return list(order.split(batch_size)) if len(order) else []
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+class Trainer:
+    """Fits an :class:`AnomalyVAE` on :class:`TrainingData`, checkpointing every epoch."""
+
+    def __init__(self, model: AnomalyVAE, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 progress: bool | None = None,
+                 on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _batch(self, data: TrainingData, idx: torch.Tensor) -> Batch:
+        dev = self.device
+        x = data.images[idx].to(dev, non_blocking=True).float().div_(255.0)
+        return Batch(x=x, y=data.y[idx].to(dev), y_known=data.y_known[idx].to(dev), anomaly=data.anomaly[idx].to(dev))
+
+    def _step(self, batch: Batch, weights: LossWeights, epoch: int) -> torch.Tensor:
+        with self._autocast():
+            terms = self.model.loss(batch, weights)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"loss became {total.item()} at epoch {epoch + 1}; lower train.lr or check the images "
+                f"(the last good checkpoint is kept)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return torch.stack([terms[k].detach().float() for k in LOSS_TERMS]) * len(batch.x)
+
+    def run_epoch(self, data: TrainingData, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        seed = _epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        weights = loss_weights(cfg, epoch, data.images.shape[1], data.images.shape[-1])
+        self.model.train()
+        sums = torch.zeros(len(LOSS_TERMS), device=self.device)
+        seen = 0
+        anomalies = torch.nonzero(data.anomaly).flatten()
+        normals = torch.nonzero(~data.anomaly).flatten()
+        if epoch >= cfg.warmup_epochs and self.model.uses_anomalies and len(anomalies):
+            order = anomalies[torch.randperm(len(anomalies), generator=gen)]
+            with frozen(self.model.decoder):
+                for idx in _batches(order, cfg.batch_size):
+                    self._step(self._batch(data, idx), weights, epoch)
+        order = normals[torch.randperm(len(normals), generator=gen)]
+        for idx in _batches(order, cfg.batch_size):
+            sums += self._step(self._batch(data, idx), weights, epoch)
+            seen += len(idx)
+        values = (sums / max(seen, 1)).tolist()
+        return {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, values)), "beta_x": weights.beta_x, "beta_y": weights.beta_y}
+
+    def fit(self, data: TrainingData, resume: bool = True) -> list[dict[str, float]]:
+        if int((~data.anomaly).sum()) == 0:
+            raise ValueError("training needs at least one normal image")
+        if resume:
+            self.load_checkpoint()
+        bar = tqdm(range(self.start_epoch, self.cfg.epochs), initial=self.start_epoch, total=self.cfg.epochs,
+                   desc=f"training {self.model.name}", disable=self.progress is False, unit="epoch")
+        for epoch in bar:
+            record = self.run_epoch(data, epoch)
+            if self.on_epoch_end is not None:
+                record.update(self.on_epoch_end(epoch, record) or {})
+            self.history.append(record)
+            bar.set_postfix(loss=f"{record['total']:.1f}")
+            self.save_checkpoint(epoch)
+        return self.history
+
+    def save_checkpoint(self, epoch: int) -> None:
+        path = self.checkpoint_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "history": self.history, "config": self.cfg.model_dump()}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: an interruption never leaves a half-written checkpoint
+        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+    def load_checkpoint(self) -> bool:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.start_epoch = state["epoch"] + 1
+        return True

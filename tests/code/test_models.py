@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from danvae.config import ModelConfig, TrainConfig
+from danvae.models import SCORE_KINDS, Batch, LossWeights, build_model
+from danvae.train import Trainer, TrainingData, loss_weights, warmup_factor
+
+
+@pytest.mark.parametrize("name", ["danvae", "vae", "dpvae"])
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_for_sizes_and_channels(name, size, channels):
+    model = build_model(ModelConfig(name=name, zx_dim=6, zy_dim=2), channels, size)
+    x = torch.rand(2, channels, size, size)
+    assert model.reconstruct(x).shape == x.shape
+    scores, heatmap = model.scores(x, torch.rand(2))
+    assert set(scores) == set(SCORE_KINDS)
+    assert all(v.shape == (2,) for v in scores.values())
+    assert heatmap.shape == (2, size, size)
+    terms = model.loss(Batch(x, torch.rand(2), torch.tensor([True, False]), torch.tensor([False, True])), LossWeights())
+    assert terms["total"].ndim == 0 and torch.isfinite(terms["total"])
+
+
+def test_256_px_is_supported_and_odd_sizes_are_refused():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 1, 256)
+    assert model.reconstruct(torch.rand(1, 1, 256, 256)).shape == (1, 1, 256, 256)
+    with pytest.raises(ValueError, match="power of two"):
+        build_model(ModelConfig(), 3, 100)
+
+
+def test_beta_warmup_is_linear_then_flat():
+    cfg = TrainConfig(epochs=10, warmup_epochs=4, beta_x=1.0, beta_y=3.0)
+    got = [loss_weights(cfg, e, 3, 32) for e in range(6)]
+    assert [w.beta_x for w in got] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [w.beta_y for w in got] == [0.0, 0.75, 1.5, 2.25, 3.0, 3.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_default_alpha_scales_reference_with_pixel_count():
+    cfg = TrainConfig()
+    assert loss_weights(cfg, 0, 3, 128).alpha == pytest.approx(3500.0)
+    assert loss_weights(cfg, 0, 3, 64).alpha == pytest.approx(875.0)
+    assert loss_weights(TrainConfig(alpha=7.0), 0, 3, 64).alpha == 7.0
+
+
+def test_dual_prior_pulls_only_labelled_anomalies():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 1, 32)
+    x = torch.rand(2, 1, 32, 32)
+    normal = model.loss(Batch(x, torch.rand(2), torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)),
+                        LossWeights(beta_x=1, beta_y=0, alpha=0))
+    torch.manual_seed(0)
+    anomal = model.loss(Batch(x, torch.rand(2), torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)),
+                        LossWeights(beta_x=1, beta_y=0, alpha=0))
+    # An untrained encoder sits near 0, far from the anomaly prior at m = 10.
+    assert anomal["kl_x"] > normal["kl_x"] + 100
+
+
+def _tiny_data(n_normal=24, n_anomaly=6, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = (torch.rand(n_normal + n_anomaly, size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    anomaly = [False] * n_normal + [True] * n_anomaly
+    return TrainingData.from_arrays(imgs, imgs.max(-1).mean((1, 2)) / 255.0, anomaly, sup_ratio=0.5, seed=seed)
+
+
+def test_decoder_is_frozen_on_anomaly_batches():
+    data = _tiny_data()
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
+    trainer = Trainer(model, TrainConfig(epochs=1, warmup_epochs=0, batch_size=8), progress=False)
+    # Count decoder vs encoder changes across only the anomaly batches of one epoch.
+    before_dec = [p.detach().clone() for p in model.decoder.parameters()]
+    before_enc = [p.detach().clone() for p in model.encoder_x.parameters()]
+    normals = data.anomaly.clone()
+    only_anomalies = TrainingData(data.images[normals], data.y[normals], data.y_known[normals], data.anomaly[normals])
+    # The epoch's normal pass is empty, so only anomaly batches run.
+    only_anomalies.anomaly = torch.ones(len(only_anomalies), dtype=torch.bool)
+    trainer.run_epoch(only_anomalies, epoch=0)
+    assert all(torch.equal(a, b) for a, b in zip(before_dec, model.decoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_enc, model.encoder_x.parameters()))
+    assert all(p.requires_grad for p in model.decoder.parameters())
+
+
+def test_warmup_epochs_see_no_anomalies():
+    data = _tiny_data()
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
+    trainer = Trainer(model, TrainConfig(epochs=2, warmup_epochs=1, batch_size=64), progress=False)
+    seen = []
+    original = trainer._step
+
+    def spy(batch, weights, epoch):
+        seen.append((epoch, bool(batch.anomaly.any())))
+        return original(batch, weights, epoch)
+
+    trainer._step = spy
+    trainer.fit(data, resume=False)
+    assert (0, True) not in seen
+    assert (1, True) in seen
+
+
+def test_vae_baseline_never_trains_on_anomalies():
+    data = _tiny_data()
+    model = build_model(ModelConfig(name="vae", zx_dim=4, zy_dim=2), 3, 32)
+    trainer = Trainer(model, TrainConfig(epochs=2, warmup_epochs=0, batch_size=64), progress=False)
+    seen = []
+    original = trainer._step
+    trainer._step = lambda b, w, e: seen.append(bool(b.anomaly.any())) or original(b, w, e)
+    trainer.fit(data, resume=False)
+    assert seen and not any(seen)

@@ -1,0 +1,25 @@
+"""Shared fixtures: tool settings kept offline and inside the project, tiny generated data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def easy_surfaces(tmp_path_factory) -> Path:
+    """A small labelled folder of 32 px generated surfaces with easy defects."""
+    from danvae.data.synthetic import generate_surfaces
+
+    out = tmp_path_factory.mktemp("surfaces")
+    generate_surfaces(out, n_normal=160, n_anomaly=24, size=32, dark_share=0.25, seed=1, difficulty="easy")
+    return out
