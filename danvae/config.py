@@ -36,6 +36,10 @@ class TrainConfig(_Strict):
         description="auxiliary weight; None = the reference 3500 scaled to the image's pixel count",
     )
     sup_ratio: float = Field(0.5, gt=0, le=1, description="share of images that carry the nuisance label")
+    anomaly_repeats: int = Field(
+        1, ge=1, le=100,
+        description="passes over the labelled anomalies per epoch after warm-up (reference: 1)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
@@ -54,3 +58,61 @@ class ScoreConfig(_Strict):
     )
     val_share: float = Field(0.2, ge=0.05, le=0.5, description="held-out share for threshold and score choice")
     batch_size: int = Field(256, ge=1)
+
+
+# ---- params.yaml: the pipeline's knobs ---------------------------------------------
+
+
+class SyntheticSource(_Strict):
+    """The embedded generator, written to a folder and then ingested like any other."""
+
+    type: Literal["synthetic"] = "synthetic"
+    name: str = "synthetic"
+    n_normal: int = Field(600, ge=0)
+    n_anomaly: int = Field(160, ge=0)
+    size: int = Field(64, ge=16)
+    dark_share: float = Field(0.15, ge=0, le=1)
+    difficulty: Literal["easy", "default", "hard"] = "default"
+    seed: int = 0
+
+
+class FolderSource(_Strict):
+    """A folder of images: ``normal/`` and ``anomaly/<defect>/`` subfolders, or flat (label unknown)."""
+
+    type: Literal["folder"] = "folder"
+    name: str | None = None
+    path: str
+
+
+class SplitShares(_Strict):
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitShares":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split shares train+val+test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SyntheticSource | FolderSource] = Field(default_factory=lambda: [SyntheticSource()])
+    incoming: str = "data/incoming"
+    image_size: int = Field(64, ge=16)
+    channels: Literal[1, 3] = 3
+    split: SplitShares = SplitShares()
+    train_anomaly_ratio: float = Field(
+        0.10, ge=0, le=1, description="labelled anomalies in train, as a share of train normals (thesis: 0.05, 0.10, 0.20)"
+    )
+    test_anomaly_share: float = Field(0.30, gt=0, lt=1, description="share of anomalies in the evaluated test set")
+
+
+class ValidateConfig(_Strict):
+    min_per_split: int = Field(10, ge=0, description="minimum normal images in each split")
+    min_anomalies: int = Field(1, ge=0, description="minimum labelled anomalies in train, val and test")
+    anomaly_share_max: float = Field(0.5, gt=0, le=1, description="most anomalies allowed among labelled images")
+    drift_warn_pvalue: float = Field(0.01, gt=0, lt=1, description="KS p-value under which brightness drift warns")
+    drift_fail_pvalue: float = Field(1e-6, gt=0, lt=1, description="KS p-value under which brightness drift fails")
+    drift_min_batch: int = Field(20, ge=2, description="smaller new batches are reported, not judged")

@@ -2,9 +2,20 @@
 
     arr, info = read_image("scratch_01.png", size=64, channels=3)   # H×W×C uint8
     y = brightness(arr)                                            # mean of max(R,G,B)/255
+
+``decode_image(data, size, channels)`` does the same from bytes already in memory (the
+ingest reads each file once, hashes the bytes and decodes them from memory).
+
+Every unusable input raises :class:`ImageError` whose message is a one-line reason for
+people: empty, too large, not a regular file, not an image, truncated or corrupt, a
+decompression bomb (refused from the header, before any pixel is decoded), unreadable.
 """
 from __future__ import annotations
 
+import io
+import os
+import stat
+from struct import error as struct_error
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +24,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-MAX_PIXELS = 64_000_000  # larger images are refused as decompression bombs
+FORMATS = ("PNG", "JPEG", "BMP")  # decoders allowed; anything else is "not a recognised image format"
+MAX_PIXELS = 64_000_000  # larger images are refused as decompression bombs (checked from the header)
+MAX_FILE_BYTES = 512 * 1024**2  # larger files are refused before being read
+
+_SOURCE_CHANNELS = {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "La": 2, "P": 3, "PA": 4, "RGB": 3,
+                    "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
 
 
 class ImageError(ValueError):
@@ -27,65 +43,140 @@ class ImageInfo:
     channels: int
     mode: str
     resized: bool
+    format: str = ""  # decoder that read it: PNG, JPEG or BMP
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Map 16/32-bit integer and float images onto 0..255 without clipping them."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F" and arr.max() <= 1.0:
-            hi = 1.0
-        return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    """Map 16/32-bit integer and float images onto 0..255 by scaling, never by clipping.
+
+    16-bit: 65535 → 255, 32768 → 128. A PNG in mode "I" is always 16-bit grayscale.
+    """
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img)
+        if img.mode == "F":
+            arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            hi = 1.0 if arr.size and arr.max() <= 1.0 else 65535.0 if arr.size and arr.max() > 255 else 255.0
+            out = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        else:
+            sixteen = img.mode.startswith("I;16") or img.format == "PNG" or (arr.size and arr.max() > 255)
+            hi = 65535 if sixteen else 255
+            wide = np.clip(arr.astype(np.int64), 0, hi)
+            out = ((wide * 255 + hi // 2) // hi).astype(np.uint8)
+        return Image.fromarray(out, "L")
     return img
 
 
-def read_image(path: str | Path, size: int, channels: int = 3) -> tuple[np.ndarray, ImageInfo]:
-    """Decode one image into a ``size×size×channels`` uint8 array.
+def decode_image(data: bytes, size: int, channels: int = 3) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image file bytes into a ``size×size×channels`` uint8 array.
 
-    Raises ImageError with a one-line reason for anything unusable (empty, truncated,
-    not an image, a decompression bomb, unreadable).
+    Grayscale, 16-bit (scaled), palette, RGBA/LA (composited on black) and CMYK are
+    accepted; an image of another size is resized (``info.resized``), not refused.
+    Raises ImageError with a one-line reason for anything unusable.
     """
-    path = Path(path)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if not data:
+        raise ImageError("empty file (0 bytes)")
     try:
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
                 width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise ImageError(f"corrupt image: header claims {width}x{height} pixels")
                 if width * height > MAX_PIXELS:
-                    raise ImageError(f"decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
+                    raise ImageError(
+                        f"decompression bomb: header claims {width}x{height} pixels, over the limit of {MAX_PIXELS}"
+                    )
+                mode, fmt = img.mode, img.format or ""
+                if img.format == "JPEG" and (width > 2 * size or height > 2 * size):
+                    img.draft(img.mode, (size, size))  # decode at a reduced scale: much faster, same result size
                 img.load()
-                mode = img.mode
+                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
                 img = _to_8bit(img)
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                if has_alpha and img.mode not in ("L", "RGB"):
                     img = img.convert("RGBA")
                     background = Image.new("RGBA", img.size, (0, 0, 0, 255))
                     img = Image.alpha_composite(background, img)
                 img = img.convert("L" if channels == 1 else "RGB")
-                resized = img.size != (size, size)
-                if resized:
+                resized = (width, height) != (size, size)
+                if img.size != (size, size):
                     img = img.resize((size, size), Image.Resampling.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"decompression bomb: {exc}") from None
+        raise ImageError(f"decompression bomb: {_one_line(exc)}") from None
     except UnidentifiedImageError:
-        raise ImageError("not a recognised image format") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
+        raise ImageError("not a recognised image format (PNG, JPEG or BMP)") from None
+    except MemoryError:
+        raise ImageError("image too large to decode in memory") from None
     except OSError as exc:
-        raise ImageError(f"unreadable or truncated image: {exc}") from None
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"corrupt image: {exc}") from None
+        raise ImageError(f"truncated or corrupt image: {_one_line(exc)}") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, struct_error) as exc:
+        raise ImageError(f"corrupt image: {_one_line(exc)}") from None
+    except Exception as exc:  # any other decoder failure is still a property of this file
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {_one_line(exc)}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    source_channels = {"L": 1, "1": 1, "P": 3, "RGB": 3, "RGBA": 4, "LA": 2, "CMYK": 4}.get(mode, 1)
-    return arr, ImageInfo(width, height, source_channels, mode, resized)
+    source_channels = _SOURCE_CHANNELS.get(mode, 1)
+    if mode == "P" and has_alpha:
+        source_channels = 4
+    return arr, ImageInfo(width, height, source_channels, mode, resized, fmt)
+
+
+def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one regular file; ImageError with a reason for anything else.
+
+    Symlinks are followed (callers that must not follow them check first). A FIFO,
+    socket or device is refused without being opened, so a reader never blocks.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError("is a folder, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "fifo" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+            raise ImageError(f"not a regular file ({kind})")
+        if st.st_size == 0:
+            raise ImageError("empty file (0 bytes)")
+        if st.st_size > max_bytes:
+            raise ImageError(f"file too large ({st.st_size} bytes, limit {max_bytes})")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found (or a broken symlink)") from None
+    except PermissionError:
+        raise ImageError("unreadable: permission denied") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageError(f"unreadable: {_one_line(exc.strerror or exc)}") from None
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageError(f"file too large (over {max_bytes} bytes)")
+    return data
+
+
+def read_image(path: str | Path, size: int, channels: int = 3) -> tuple[np.ndarray, ImageInfo]:
+    """Decode one image file into a ``size×size×channels`` uint8 array.
+
+    Raises ImageError with a one-line reason for anything unusable (empty, truncated,
+    not an image, a decompression bomb, unreadable, not a regular file).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    return decode_image(read_file_bytes(path), size, channels)
 
 
 def brightness(images: np.ndarray) -> np.ndarray | float:
@@ -94,8 +185,9 @@ def brightness(images: np.ndarray) -> np.ndarray | float:
     Accepts one H×W×C image or a batch N×H×W×C, uint8.
     """
     arr = np.asarray(images)
-    value = arr.max(axis=-1).astype(np.float64) / 255.0
-    out = value.mean(axis=(-2, -1))
+    # max over a short last axis is slow in numpy; an elementwise maximum over the channel planes is not
+    value = np.maximum.reduce([arr[..., c] for c in range(arr.shape[-1])]) if arr.shape[-1] > 1 else arr[..., 0]
+    out = value.mean(axis=(-2, -1), dtype=np.float64) / 255.0
     return float(out) if arr.ndim == 3 else out
 
 

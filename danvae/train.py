@@ -164,10 +164,11 @@ class Trainer:
         anomalies = torch.nonzero(data.anomaly).flatten()
         normals = torch.nonzero(~data.anomaly).flatten()
         if epoch >= cfg.warmup_epochs and self.model.uses_anomalies and len(anomalies):
-            order = anomalies[torch.randperm(len(anomalies), generator=gen)]
             with frozen(self.model.decoder):
-                for idx in _batches(order, cfg.batch_size):
-                    self._step(self._batch(data, idx), weights, epoch)
+                for _ in range(cfg.anomaly_repeats):
+                    order = anomalies[torch.randperm(len(anomalies), generator=gen)]
+                    for idx in _batches(order, cfg.batch_size):
+                        self._step(self._batch(data, idx), weights, epoch)
         order = normals[torch.randperm(len(normals), generator=gen)]
         for idx in _batches(order, cfg.batch_size):
             sums += self._step(self._batch(data, idx), weights, epoch)

@@ -2,12 +2,21 @@
 
 Layout: ``DIR/normal/**/*.png`` are normal, ``DIR/anomaly/<defect>/**`` are labelled
 anomalies of that defect kind; a folder with neither is a flat folder of unknowns.
+A top-level ``DIR/masks/``, or any ``masks/`` next to a ``ground_truth.csv`` (the
+synthetic generator's defect masks), is never taken for images.
+
+Symlinks: a symlinked file that resolves inside ``DIR`` is listed; one that leaves
+``DIR`` (or is broken) is refused and reported by :func:`scan`. Symlinked folders are
+never descended into (one pointing outside ``DIR`` is reported), so a walk cannot loop
+or escape the tree.
 
     found = discover("surfaces/")             # DataFrame path,label,defect
     packed = pack(found, size=64, channels=3)  # images N×H×W×C uint8, skipped files
+    s = scan("surfaces/")                      # found + problems [(path, reason)], never raises
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +26,96 @@ from tqdm import tqdm
 
 from danvae.images import IMAGE_SUFFIXES, ImageError, brightness, read_image
 
+MASKS_DIR = "masks"
+FOUND_COLUMNS = ["path", "label", "defect"]
+
 
 class DataError(ValueError):
     """The data a user pointed at cannot be used; the message says what to do."""
 
 
-def _images_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+@dataclass
+class Scan:
+    """What a folder holds: usable candidates (``found``) and refused entries (``problems``)."""
+
+    root: Path
+    found: pd.DataFrame
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None  # the folder itself is unusable (missing, not a folder, unreadable)
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _walk(folder: Path, root_real: str, skip_top: set[str], problems: list[tuple[str, str]]) -> list[Path]:
+    """Image-named entries under ``folder`` (sorted), without following symlinked folders."""
+    out: list[Path] = []
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        problems.append((str(folder), f"folder unreadable: {exc.strerror or exc}"))
+        return out
+    for entry in entries:
+        path = folder / entry.name
+        is_image_name = Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+        try:
+            if entry.is_symlink():
+                target = os.path.realpath(path)
+                if not os.path.exists(target):
+                    if is_image_name:
+                        problems.append((str(path), f"broken symlink (points to {os.readlink(path)})"))
+                    continue
+                if not _inside(target, root_real):
+                    if is_image_name or os.path.isdir(target):
+                        problems.append((str(path), f"symlink points outside the source folder (to {target}); refused"))
+                    continue
+                if os.path.isdir(target):
+                    continue  # a folder symlink inside the tree: its images are listed under their real path
+                if is_image_name:
+                    out.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                if entry.name in skip_top or (entry.name == MASKS_DIR and (folder / "ground_truth.csv").is_file()):
+                    continue  # defect masks (top level, or next to a generator's ground_truth.csv)
+                out += _walk(path, root_real, set(), problems)
+            elif is_image_name:
+                out.append(path)  # regular or not (fifo, socket): the reader refuses non-regular files
+        except OSError as exc:
+            problems.append((str(path), f"unreadable entry: {exc.strerror or exc}"))
+    return out
+
+
+def scan(data_dir: str | Path) -> Scan:
+    """List the images under ``data_dir`` with label and defect; never raises for bad input."""
+    root = Path(data_dir)
+    empty = pd.DataFrame({c: pd.Series([], dtype=str) for c in FOUND_COLUMNS})
+    if not root.exists():
+        return Scan(root, empty, error="source folder does not exist" if not root.is_symlink() else "broken symlink")
+    if not root.is_dir():
+        return Scan(root, empty, error="source is not a folder")
+    root_real = os.path.realpath(root)
+    problems: list[tuple[str, str]] = []
+    rows: list[dict] = []
+    normal, anomaly = root / "normal", root / "anomaly"
+    if normal.is_dir() or anomaly.is_dir():
+        for sub in (normal, anomaly):
+            if not sub.is_dir():
+                continue
+            if sub.is_symlink() and not _inside(os.path.realpath(sub), root_real):
+                target = os.path.realpath(sub)
+                problems.append((str(sub), f"symlink points outside the source folder (to {target}); refused"))
+                continue
+            for p in _walk(sub, root_real, set(), problems):
+                if sub is normal:
+                    rows.append({"path": str(p), "label": "normal", "defect": ""})
+                else:
+                    rel = p.relative_to(anomaly).parts
+                    rows.append({"path": str(p), "label": "anomaly", "defect": rel[0] if len(rel) > 1 else "unspecified"})
+    else:
+        rows = [{"path": str(p), "label": "unknown", "defect": ""} for p in _walk(root, root_real, {MASKS_DIR}, problems)]
+    found = pd.DataFrame(rows, columns=FOUND_COLUMNS) if rows else empty
+    return Scan(root, found, problems)
 
 
 def discover(data_dir: str | Path) -> pd.DataFrame:
@@ -33,20 +125,10 @@ def discover(data_dir: str | Path) -> pd.DataFrame:
         raise DataError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    rows: list[dict] = []
-    normal, anomaly = root / "normal", root / "anomaly"
-    if normal.is_dir() or anomaly.is_dir():
-        if normal.is_dir():
-            rows += [{"path": str(p), "label": "normal", "defect": ""} for p in _images_under(normal)]
-        if anomaly.is_dir():
-            for p in _images_under(anomaly):
-                rel = p.relative_to(anomaly).parts
-                rows.append({"path": str(p), "label": "anomaly", "defect": rel[0] if len(rel) > 1 else "unspecified"})
-    else:
-        rows = [{"path": str(p), "label": "unknown", "defect": ""} for p in _images_under(root)]
-    if not rows:
+    found = scan(root).found
+    if found.empty:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
-    return pd.DataFrame(rows, columns=["path", "label", "defect"])
+    return found.reset_index(drop=True)
 
 
 @dataclass
