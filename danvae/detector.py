@@ -53,23 +53,32 @@ class Detector:
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
+            val_images: np.ndarray | None = None, val_is_anomaly: np.ndarray | None = None,
             progress: bool | None = None,
             on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None) -> "Detector":
         """Train on ``images`` (labelled anomalies marked in ``is_anomaly``), holding out a
-        validation share to choose the score kind and calibrate the threshold."""
+        validation share to choose the score kind and calibrate the threshold (or using
+        ``val_images`` / ``val_is_anomaly`` when given)."""
         images = fit_to(images, self.image_size, self.channels)
         is_anomaly = np.zeros(len(images), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
         if len(images) != len(is_anomaly):
             raise ValueError(f"{len(images)} images but {len(is_anomaly)} labels")
         if int((~is_anomaly).sum()) < 2:
             raise ValueError("at least two normal images are needed to train and calibrate")
-        tr, va = holdout_split(is_anomaly, self.score_config.val_share, self.train_config.seed)
-        y = brightness(images)
-        data = TrainingData.from_arrays(images[tr], y[tr], is_anomaly[tr], self.train_config.sup_ratio,
+        if val_images is None:
+            tr, va = holdout_split(is_anomaly, self.score_config.val_share, self.train_config.seed)
+            images, val_images = images[tr], images[va]
+            is_anomaly, val_labels = is_anomaly[tr], is_anomaly[va]
+        else:
+            val_images = fit_to(val_images, self.image_size, self.channels)
+            val_labels = np.zeros(len(val_images), bool) if val_is_anomaly is None else np.asarray(val_is_anomaly, bool)
+        if len(val_images) == 0:
+            raise ValueError("no validation images to calibrate the threshold on")
+        data = TrainingData.from_arrays(images, brightness(images), is_anomaly, self.train_config.sup_ratio,
                                         self.train_config.seed)
         torch.manual_seed(self.train_config.seed)
         self.model = build_model(self.model_config, self.channels, self.image_size)
-        val_images, val_y, val_labels = images[va], y[va], is_anomaly[va]
+        val_y = brightness(val_images)
 
         def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
             extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}

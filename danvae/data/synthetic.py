@@ -48,7 +48,8 @@ class Difficulty:
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
-    "easy": Difficulty("easy", contrast=0.45, scale=0.12),
+    # easy: large, contrasty defects for smoke tests and demos, not for judging a detector
+    "easy": Difficulty("easy", contrast=0.8, scale=0.2),
     "default": Difficulty("default", contrast=0.24, scale=0.06),
     "hard": Difficulty("hard", contrast=0.12, scale=0.04),
 }

@@ -1,0 +1,83 @@
+"""Behaviour of trained models on generated surfaces (short CPU training, easy defects)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import r2_score, roc_auc_score
+
+from danvae import Detector
+from danvae.config import ModelConfig, TrainConfig
+from danvae.data.folders import discover, pack
+from danvae.data.synthetic import generate_surfaces
+
+SIZE = 32
+TRAIN = TrainConfig(epochs=40, warmup_epochs=10, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def surfaces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("behaviour")
+    kw = dict(size=SIZE, dark_share=0.25, difficulty="easy", materials=["brushed_metal"])
+    generate_surfaces(root / "train", n_normal=300, n_anomaly=40, seed=1, **kw)
+    generate_surfaces(root / "test", n_normal=150, n_anomaly=60, seed=2, **kw)
+    return pack(discover(root / "train"), SIZE), pack(discover(root / "test"), SIZE)
+
+
+def _fit(name, train):
+    labels = (train.table["label"] == "anomaly").to_numpy()
+    return Detector(ModelConfig(name=name, zx_dim=16, zy_dim=4), image_size=SIZE, train=TRAIN).fit(
+        train.images, labels, progress=False)
+
+
+@pytest.fixture(scope="module")
+def danvae_model(surfaces):
+    return _fit("danvae", surfaces[0])
+
+
+@pytest.fixture(scope="module")
+def vae_model(surfaces):
+    return _fit("vae", surfaces[0])
+
+
+def test_z_y_predicts_brightness_on_held_out_images(danvae_model, surfaces):
+    train, test = surfaces
+    z_train, z_test = danvae_model.latents(train.images), danvae_model.latents(test.images)
+    reg = LinearRegression().fit(z_train["z_y"], train.table["brightness"])
+    r2 = r2_score(test.table["brightness"], reg.predict(z_test["z_y"]))
+    assert r2 > 0.8, f"R²(z_y → brightness) = {r2:.3f}"
+
+
+def test_danvae_detects_generated_defects(danvae_model, surfaces):
+    test = surfaces[1]
+    labels = (test.table["label"] == "anomaly").to_numpy()
+    auroc = roc_auc_score(labels, danvae_model.score_samples(test.images))
+    assert auroc > 0.9, f"AUROC {auroc:.3f} with score {danvae_model.score_kind}"
+
+
+def test_threshold_flags_anomalies_not_everything(danvae_model, surfaces):
+    test = surfaces[1]
+    labels = (test.table["label"] == "anomaly").to_numpy()
+    flagged = danvae_model.predict(test.images)
+    assert flagged[labels].mean() > 0.5
+    assert flagged[~labels].mean() < 0.3
+
+
+def test_danvae_elbo_depends_less_on_brightness_than_the_vae(danvae_model, vae_model, surfaces):
+    """The same score (negative ELBO) on normal images: DAn-VAE's moves less with lighting."""
+    test = surfaces[1]
+    normal = (test.table["label"] == "normal").to_numpy()
+    y = test.table["brightness"][normal]
+    rho = {name: abs(spearmanr(y, m.score_table(test.images[normal])["elbo"]).statistic)
+           for name, m in (("danvae", danvae_model), ("vae", vae_model))}
+    assert rho["danvae"] < rho["vae"], rho
+
+
+def test_saved_detector_scores_identically(danvae_model, surfaces, tmp_path):
+    test = surfaces[1]
+    danvae_model.save(tmp_path)
+    again = Detector.load(tmp_path)
+    np.testing.assert_allclose(again.score_samples(test.images[:20]), danvae_model.score_samples(test.images[:20]),
+                               rtol=1e-5)
+    assert again.threshold == danvae_model.threshold and again.score_kind == danvae_model.score_kind
