@@ -4,6 +4,7 @@ Validated once at the edge (CLI, params.yaml); plain values inside.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,6 +56,9 @@ class ScoreConfig(_Strict):
     kind: ScoreKind = "auto"
     normal_quantile: float = Field(
         0.99, gt=0.5, lt=1.0, description="threshold quantile of normal validation scores when no anomaly is held out"
+    )
+    max_val_fpr: float = Field(
+        0.1, gt=0, le=1, description="the threshold flags at most this share of validation normals"
     )
     val_share: float = Field(0.2, ge=0.05, le=0.5, description="held-out share for threshold and score choice")
     batch_size: int = Field(256, ge=1)
@@ -116,3 +120,65 @@ class ValidateConfig(_Strict):
     drift_warn_pvalue: float = Field(0.01, gt=0, lt=1, description="KS p-value under which brightness drift warns")
     drift_fail_pvalue: float = Field(1e-6, gt=0, lt=1, description="KS p-value under which brightness drift fails")
     drift_min_batch: int = Field(20, ge=2, description="smaller new batches are reported, not judged")
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "danvae"
+    registered_model: str = "danvae-surface"
+
+
+class PromoteConfig(_Strict):
+    auroc_tolerance: float = Field(0.01, ge=0, le=1, description="how much worse overall AUROC may be")
+    dark_tolerance: float = Field(0.02, ge=0, le=1, description="how much worse darkest-quintile AUROC may be")
+    min_auroc: float = Field(0.6, ge=0, le=1, description="validation floor for the first version")
+
+
+class OrchestrationConfig(_Strict):
+    train_pool: str | None = Field(None, description="Prefect work pool for the train stage (e.g. 'gpu'); None = in-process")
+    retrain_cron: str = "0 2 * * *"
+
+
+class Params(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value; the message names the key."""
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("SyntheticSource", "FolderSource")))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling against params.yaml's documented sections)"
+    given = err.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    return f"{key or '<top level>'}: {msg}{shown}"
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`ParamsError` naming the bad key."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors()[:5])
+        raise ParamsError(f"{path}: {problems}") from None

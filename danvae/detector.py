@@ -54,11 +54,12 @@ class Detector:
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
             val_images: np.ndarray | None = None, val_is_anomaly: np.ndarray | None = None,
-            progress: bool | None = None,
+            checkpoint_dir: str | Path | None = None, progress: bool | None = None,
             on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None) -> "Detector":
         """Train on ``images`` (labelled anomalies marked in ``is_anomaly``), holding out a
         validation share to choose the score kind and calibrate the threshold (or using
-        ``val_images`` / ``val_is_anomaly`` when given)."""
+        ``val_images`` / ``val_is_anomaly`` when given). Checkpoints go to ``checkpoint_dir``
+        (default ``run_dir``); a run finds its last checkpoint there and resumes."""
         images = fit_to(images, self.image_size, self.channels)
         is_anomaly = np.zeros(len(images), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
         if len(images) != len(is_anomaly):
@@ -87,7 +88,7 @@ class Detector:
                 extra["val_auroc"] = max(float(roc_auc_score(val_labels, table[k])) for k in SCORE_KINDS)
             return extra
 
-        trainer = Trainer(self.model, self.train_config, run_dir, progress=progress, on_epoch_end=track_validation)
+        trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track_validation)
         self.history = trainer.fit(data)
         self.calibrate(val_images, val_labels)
         if run_dir is not None:
@@ -100,7 +101,8 @@ class Detector:
         kind, self.val_aurocs = choose_score_kind(table, is_anomaly, self.model_config.name)
         self.score_kind = kind if self.score_config.kind == "auto" else self.score_config.kind
         self.threshold, self.threshold_method = calibrate_threshold(
-            table[self.score_kind].to_numpy(), is_anomaly, self.score_config.normal_quantile)
+            table[self.score_kind].to_numpy(), is_anomaly, self.score_config.normal_quantile,
+            self.score_config.max_val_fpr)
         return self
 
     # ---- scoring -----------------------------------------------------------------

@@ -53,10 +53,14 @@ def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, model_name: s
     return max(aurocs, key=aurocs.get), aurocs
 
 
-def calibrate_threshold(scores: np.ndarray, is_anomaly: np.ndarray, normal_quantile: float = 0.99) -> tuple[float, str]:
+def calibrate_threshold(scores: np.ndarray, is_anomaly: np.ndarray, normal_quantile: float = 0.99,
+                        max_fpr: float = 0.1) -> tuple[float, str]:
     """Best-F1 threshold when anomalies are present, else a high quantile of normal scores.
 
-    Images with a score ``>=`` the threshold are called anomalous.
+    Images with a score ``>=`` the threshold are called anomalous. The best-F1 search only
+    considers thresholds that flag at most ``max_fpr`` of the validation normals: with a
+    weak score, F1 alone is maximised by calling everything anomalous, which an
+    inspection line cannot use.
     """
     scores = np.asarray(scores, dtype=np.float64)
     is_anomaly = np.asarray(is_anomaly, dtype=bool)
@@ -65,7 +69,11 @@ def calibrate_threshold(scores: np.ndarray, is_anomaly: np.ndarray, normal_quant
     if _has_both_classes(is_anomaly):
         precision, recall, thresholds = precision_recall_curve(is_anomaly, scores)
         f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
-        return float(thresholds[int(np.argmax(f1))]), "best_f1"
+        normal = np.sort(scores[~is_anomaly])
+        fpr = 1.0 - np.searchsorted(normal, thresholds, side="left") / len(normal)
+        f1 = np.where(fpr <= max_fpr, f1, -1.0)
+        if f1.max() >= 0:
+            return float(thresholds[int(np.argmax(f1))]), f"best_f1_fpr<={max_fpr:g}"
     normal = scores[~is_anomaly] if (~is_anomaly).any() else scores
-    # Strictly above the quantile, so not every image is flagged even when scores tie.
+    # No anomalies to choose by (or none separable within max_fpr). Strictly above the quantile, so not every image is flagged even when scores tie.
     return float(np.nextafter(np.quantile(normal, normal_quantile), np.inf)), f"normal_q{normal_quantile:g}"

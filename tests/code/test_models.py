@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,34 @@ def test_vae_baseline_never_trains_on_anomalies():
     trainer._step = lambda b, w, e: seen.append(bool(b.anomaly.any())) or original(b, w, e)
     trainer.fit(data, resume=False)
     assert seen and not any(seen)
+
+
+def test_threshold_is_best_f1_within_the_false_alarm_cap():
+    from danvae.scoring import calibrate_threshold
+
+    normal = np.linspace(0, 1, 100)
+    anomalies = np.array([0.95, 0.97, 0.99, 0.5, 0.2])
+    scores = np.concatenate([normal, anomalies])
+    labels = np.r_[np.zeros(100, bool), np.ones(5, bool)]
+    threshold, how = calibrate_threshold(scores, labels, max_fpr=0.1)
+    assert how.startswith("best_f1")
+    assert (normal >= threshold).mean() <= 0.1
+
+
+def test_threshold_never_flags_everything_for_a_useless_score():
+    from danvae.scoring import calibrate_threshold
+
+    rng = np.random.default_rng(0)
+    scores = rng.random(200)
+    labels = rng.random(200) < 0.3
+    threshold, _ = calibrate_threshold(scores, labels, max_fpr=0.1)
+    assert (scores[~labels] >= threshold).mean() <= 0.1
+
+
+def test_threshold_without_anomalies_is_a_high_normal_quantile():
+    from danvae.scoring import calibrate_threshold
+
+    scores = np.arange(100.0)
+    threshold, how = calibrate_threshold(scores, np.zeros(100, bool), normal_quantile=0.95)
+    assert how == "normal_q0.95"
+    assert 0 < (scores >= threshold).mean() <= 0.05

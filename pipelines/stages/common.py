@@ -1,0 +1,28 @@
+"""What every stage shares: params loading and a one-line exit for user errors."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from danvae.config import Params, ParamsError, load_params
+from danvae.data.folders import DataError
+from danvae.images import ImageError
+
+USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError)
+
+
+def run_stage(name: str, body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
+    """Run a stage body; user errors end the process with one line and exit code 1."""
+    try:
+        body(load_params(params_path))
+    except USER_ERRORS as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")

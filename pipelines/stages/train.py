@@ -1,0 +1,57 @@
+"""Stage train: train-split images → models/detector/ (the fitted detector) and models/run.json."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from danvae.config import Params
+from danvae.data.folders import DataError
+from danvae.data.ingest import load_images, load_manifest
+from danvae.data.selection import training_rows, validation_rows
+from danvae.detector import Detector
+from pipelines.stages.common import run_stage, write_json
+
+DATA = Path("data")
+MODEL_DIR = Path("models/detector")
+RUN_FILE = Path("models/run.json")
+METRICS = Path("models/train_metrics.json")
+
+
+def checkpoint_dir(params: Params, manifest_ids: list[str]) -> Path:
+    """Outside DVC's outputs (which DVC deletes before a rerun), keyed by what the run depends on,
+    so an interrupted `dvc repro` resumes from its last epoch and a changed run starts afresh."""
+    key = json.dumps([params.model.model_dump(), params.train.model_dump(), params.data.image_size,
+                      params.data.channels, params.data.train_anomaly_ratio, sorted(manifest_ids)], sort_keys=True)
+    return Path(".cache/checkpoints") / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def main(params: Params) -> None:
+    manifest = load_manifest(DATA)
+    images = load_images(DATA)
+    train = training_rows(manifest, params.data.train_anomaly_ratio)
+    val = validation_rows(manifest)
+    if not (train["label"] == "normal").any():
+        raise DataError("no normal images in the train split: add images to a source folder's normal/")
+    if val.empty:
+        raise DataError("no labelled images in the validation split to calibrate the threshold on")
+    detector = Detector(params.model, image_size=params.data.image_size, channels=params.data.channels,
+                        train=params.train, score=params.score)
+    detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
+                 val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
+                 run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])))
+    last = detector.history[-1]
+    write_json(METRICS, {
+        "epochs": len(detector.history), "loss": last["total"], "recon": last["recon"], "kl_x": last["kl_x"],
+        "kl_y": last["kl_y"], "aux": last["aux"], "val_auroc": detector.val_aurocs.get(detector.score_kind),
+        "threshold": detector.threshold, "n_train": len(train),
+        "n_train_anomalies": int((train["label"] == "anomaly").sum()),
+    })
+    write_json(RUN_FILE, {"model_dir": str(MODEL_DIR), "score_kind": detector.score_kind,
+                          "threshold": detector.threshold, "threshold_method": detector.threshold_method})
+    print(f"train: {params.model.name} on {len(train)} images; score {detector.score_kind}, "
+          f"threshold {detector.threshold:.4g} ({detector.threshold_method})")
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

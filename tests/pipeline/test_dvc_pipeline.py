@@ -1,0 +1,60 @@
+"""The DVC pipeline end to end, for real: dvc repro on tiny params in a copy of the repo."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from PIL import Image
+
+STAGES = ("ingest", "validate", "train", "score", "evaluate")
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
+    first = tiny_repo.dvc("repro")
+    assert ran(first.stdout) == set(STAGES)
+    metrics = json.loads((tiny_repo.path / "reports/metrics.json").read_text())
+    assert 0.0 <= metrics["auroc"] <= 1.0
+    assert (tiny_repo.path / "models/detector/detector.pt").exists()
+    assert (tiny_repo.path / "data/manifest.parquet").exists()
+    shown = tiny_repo.dvc("metrics", "show").stdout
+    assert "auroc" in shown
+
+    again = tiny_repo.dvc("repro")
+    assert ran(again.stdout) == set()
+    assert "up to date" in again.stdout.lower()
+
+    tiny_repo.set_params({"train": {"epochs": 3}})
+    third = tiny_repo.dvc("repro")
+    assert ran(third.stdout) == {"train", "score", "evaluate"}
+
+
+def test_changing_a_data_source_reruns_everything(tiny_repo):
+    tiny_repo.dvc("repro")
+    tiny_repo.set_params({"data": {"sources": [{"type": "synthetic", "name": "synthetic", "n_normal": 100,
+                                                "n_anomaly": 36, "size": 32, "difficulty": "easy", "seed": 0}]}})
+    assert ran(tiny_repo.dvc("repro").stdout) == set(STAGES)
+
+
+def test_a_dark_batch_in_incoming_fails_validation_with_the_reason(tiny_repo):
+    tiny_repo.dvc("repro")
+    rng = np.random.default_rng(0)
+    incoming = tiny_repo.path / "data/incoming"
+    for i in range(40):  # a camera whose lights failed: every new image nearly black
+        Image.fromarray(rng.integers(0, 25, (32, 32, 3), dtype=np.uint8)).save(incoming / f"dark_{i}.png")
+    out = tiny_repo.dvc("repro", check=False)
+    assert out.returncode != 0
+    assert "validate: FAILED" in out.stderr and "KS" in out.stderr
+    assert "Running stage 'train'" not in out.stdout
+
+
+def test_bad_params_stop_with_the_key_named(tiny_repo):
+    tiny_repo.set_params({"model": {"name": "transformer"}})
+    out = tiny_repo.dvc("repro", check=False)
+    assert out.returncode != 0
+    assert "model.name" in out.stderr and "danvae" in out.stderr
+    assert "Traceback" not in out.stderr
