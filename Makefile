@@ -1,6 +1,8 @@
 # The two set-up commands: `make run` (the main job) and `make test` (the tests).
 # Both create .venv and install the pinned stack first.
-PYTHON ?= python3
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell command -v python3.11 || command -v python3)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 # GPU hosts: override the torch wheel, e.g.  make run TORCH_PIP_ARGS="--index-url <your CUDA wheel index>"
@@ -16,6 +18,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test bench clean
 install: $(VENV)/.installed
@@ -30,17 +33,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/danvae generate data/surfaces --seed 0
-	$(BIN)/danvae train --data data/surfaces --model danvae --out runs/danvae
-	$(BIN)/danvae generate data/test-surfaces --normal 200 --anomaly 86 --seed 1
-	$(BIN)/danvae score --model runs/danvae --data data/test-surfaces --out reports/scores.csv
-	$(BIN)/danvae evaluate --scores reports/scores.csv --out reports/metrics.json
+	$(BIN)/dvc repro
 
 test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/ingest_throughput.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
