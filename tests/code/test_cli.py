@@ -1,0 +1,97 @@
+"""The danvae command: the happy path on generated data and every bad-input path."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from danvae.cli import main
+
+
+def danvae(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "danvae.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["generate", str(root / "data"), "--normal", "60", "--anomaly", "16", "--size", "32",
+                 "--difficulty", "easy", "--seed", "3"]) == 0
+    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2",
+                 "--warmup-epochs", "1", "--image-size", "32", "--zx-dim", "8", "--zy-dim", "2"]) == 0
+    return root
+
+
+def test_train_score_evaluate_chain(trained):
+    scores, metrics = trained / "scores.csv", trained / "metrics.json"
+    assert main(["score", "--model", str(trained / "run"), "--data", str(trained / "data"), "--out", str(scores)]) == 0
+    table = pd.read_csv(scores)
+    assert list(table.columns[:5]) == ["path", "label", "brightness", "score", "is_anomaly"]
+    assert {"kl_zx", "llr_zx", "elbo", "recon", "recon_max"} <= set(table.columns)
+    assert len(table) == 76 and set(table["label"]) == {"normal", "anomaly"}
+    assert main(["evaluate", "--scores", str(scores), "--out", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert 0 <= result["auroc"] <= 1 and len(result["auroc_by_brightness"]) == 5
+    assert "brightness_spearman_normal" in result
+
+
+def test_flat_folder_is_scored_as_unknown(trained, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list((trained / "data" / "normal").rglob("*.png"))[:3]:
+        (flat / p.name).write_bytes(p.read_bytes())
+    assert main(["score", "--model", str(trained / "run"), "--data", str(flat), "--out", str(tmp_path / "s.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "s.csv")["label"]) == {"unknown"}
+
+
+def test_missing_folder_is_one_line_error(tmp_path):
+    out = danvae("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert out.returncode != 0
+    assert "does not exist" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_folder_without_images_is_one_line_error(tmp_path):
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "normal" / "notes.txt").write_text("hello")
+    out = danvae("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert out.returncode != 0 and "no images" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_folder_without_normal_images_is_refused(trained, tmp_path):
+    src = trained / "data" / "anomaly"
+    for p in list(src.rglob("*.png"))[:4]:
+        dest = tmp_path / "d" / "anomaly" / p.parent.name / p.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    out = danvae("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"))
+    assert out.returncode != 0 and "no normal images" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unreadable_file_is_skipped_and_reported(trained, tmp_path):
+    data = tmp_path / "d"
+    for p in list((trained / "data" / "normal").rglob("*.png"))[:5]:
+        dest = data / "normal" / p.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = danvae("score", "--model", str(trained / "run"), "--data", str(data), "--out", str(tmp_path / "s.csv"))
+    assert out.returncode == 0, out.stderr
+    assert "broken.png" in out.stderr and "Traceback" not in out.stderr
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 5
+
+
+def test_missing_model_and_scores_are_one_line_errors(tmp_path):
+    out = danvae("score", "--model", str(tmp_path / "none"), "--data", str(tmp_path), "--out", str(tmp_path / "s.csv"))
+    assert out.returncode != 0 and "no trained model" in out.stderr and "Traceback" not in out.stderr
+    out = danvae("evaluate", "--scores", str(tmp_path / "none.csv"), "--out", str(tmp_path / "m.json"))
+    assert out.returncode != 0 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_option_value_is_one_line_error(trained, tmp_path):
+    out = danvae("train", "--data", str(trained / "data"), "--out", str(tmp_path / "r"), "--epochs", "0")
+    assert out.returncode != 0 and "epochs" in out.stderr and "Traceback" not in out.stderr
