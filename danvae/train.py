@@ -53,8 +53,8 @@ class TrainingData:
             y_known = np.zeros(n, dtype=bool)
             y_known[rng.permutation(n)[: int(round(sup_ratio * n))]] = True
         images = torch.from_numpy(np.ascontiguousarray(np.asarray(images_nhwc, dtype=np.uint8).transpose(0, 3, 1, 2)))
-        return cls(images, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(y_known, dtype=torch.bool),
-                   torch.as_tensor(anomaly, dtype=torch.bool))
+        return cls(images, torch.tensor(np.asarray(y), dtype=torch.float32),
+                   torch.tensor(np.asarray(y_known), dtype=torch.bool), torch.tensor(np.asarray(anomaly), dtype=torch.bool))
 
     def __len__(self) -> int:
         return len(self.images)
