@@ -1,25 +1,46 @@
-"""Stage evaluate: test-set scores → reports/metrics.json and plot data for `dvc plots`."""
+"""Stage evaluate: test-set scores → reports/metrics.json, plot data, figures and report.md."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from danvae.config import Params
-from danvae.evaluate import evaluate_scores
-from pipelines.stages.common import run_stage, write_json
+from danvae.data.ingest import load_images, load_manifest
+from danvae.data.selection import training_rows
+from danvae.detector import Detector
+from danvae.report import evaluate_run
+from pipelines.stages.common import run_stage
 
+DATA = Path("data")
 SCORES = Path("reports/scores.csv")
-METRICS = Path("reports/metrics.json")
+OUT = Path("reports")
+
+
+def stored_masks(rows: pd.DataFrame) -> list[np.ndarray | None]:
+    """The defect masks ingest stored beside the images (None where an image has none)."""
+    return [np.asarray(Image.open(DATA / p).convert("L")) if p else None for p in rows["mask_path"]]
 
 
 def main(params: Params) -> None:
+    manifest = load_manifest(DATA)
+    images = load_images(DATA)
     scores = pd.read_csv(SCORES, keep_default_na=False)
-    test = scores[scores["in_test_set"].astype(str) == "True"]
-    metrics = evaluate_scores(test)
-    write_json(METRICS, metrics)
-    print(f"evaluate: AUROC {metrics['auroc']}, darkest-quintile AUROC {metrics['auroc_darkest']}, "
-          f"brightness ρ (normals) {metrics['brightness_spearman_normal']}")
+    test_ids = scores.loc[scores["in_test_set"].astype(str) == "True", "id"]
+    test = manifest.set_index("id").loc[test_ids].reset_index()
+    table = scores.set_index("id").loc[test_ids].reset_index()
+    table["is_anomaly"] = table["is_anomaly"].astype(str) == "True"
+    train = training_rows(manifest, params.data.train_anomaly_ratio)
+    train = train[train["label"] == "normal"]
+    result = evaluate_run(Detector.load("models/detector"), images[test["row"].to_numpy()], table,
+                          train_images=images[train["row"].to_numpy()],
+                          train_brightness=train["brightness"].to_numpy(),
+                          masks=stored_masks(test) if (test["mask_path"] != "").any() else None, out_dir=OUT)
+    m = result["metrics"]
+    print(f"evaluate: AUROC {m['auroc']}, darkest-quintile AUROC {m['auroc_darkest']}, "
+          f"brightness ρ (normals) {m['brightness_spearman_normal']}, R²(z_y) {m['r2_zy']}, R²(z_x) {m['r2_zx']}")
 
 
 if __name__ == "__main__":
