@@ -12,18 +12,19 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from danvae.cli_promote import add_promote_parser
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.data.folders import DataError, discover, pack
 from danvae.detector import Detector
 from danvae.evaluate import EvaluationError, evaluate_scores
 from danvae.images import ImageError
+from danvae.tracking import TrackingError
 from danvae.train import TrainingDiverged
 
-USER_ERRORS = (DataError, ImageError, EvaluationError, TrainingDiverged, FileNotFoundError, ValueError)
+USER_ERRORS = (DataError, ImageError, EvaluationError, TrainingDiverged, TrackingError, FileNotFoundError, ValueError)
 
 
 class CommandError(Exception):
@@ -62,7 +63,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    det = Detector.load(args.model)
+    from danvae.registry import load_detector
+
+    det = load_detector(args.model)
     packed = _read_folder(args.data, det.image_size, det.channels)
     table = det.score_table(packed.images)
     out = pd.concat([packed.table[["path", "label"]], table], axis=1)
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("score", help="score every image in a folder")
-    s.add_argument("--model", required=True, help="a run folder written by 'danvae train'")
+    s.add_argument("--model", required=True,
+                   help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_score)
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scores", required=True)
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_evaluate)
+    add_promote_parser(sub)
     return p
 
 

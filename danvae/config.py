@@ -23,6 +23,9 @@ class ModelConfig(_Strict):
     zy_dim: int = Field(8, ge=1, le=256)
     anomaly_mean: float = Field(10.0, gt=0, description="m in the anomaly prior N(m·1, I)")
     smooth_kernel: int = Field(5, ge=1, le=63, description="box size for recon_max")
+    likelihood: Literal["sse", "calibrated"] = Field(
+        "sse", description="decoder variance: sse (fixed, the reference) or calibrated (optimal σ, σ-VAE)"
+    )
 
 
 class TrainConfig(_Strict):

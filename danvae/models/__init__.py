@@ -14,7 +14,7 @@ __all__ = ["build_model", "AnomalyVAE", "Batch", "LossWeights", "DAnVAE", "VAE",
 
 def build_model(cfg: ModelConfig, channels: int, image_size: int) -> AnomalyVAE:
     common = dict(channels=channels, image_size=image_size, anomaly_mean=cfg.anomaly_mean,
-                  smooth_kernel=cfg.smooth_kernel)
+                  smooth_kernel=cfg.smooth_kernel, likelihood=cfg.likelihood)
     if cfg.name == "danvae":
         return DAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, **common)
     return VAE(latent_dim=cfg.zx_dim + cfg.zy_dim, dual_prior=cfg.name == "dpvae", **common)

@@ -40,6 +40,7 @@ class AnomalyVAE(nn.Module):
     smooth_kernel: int = 5
 
     decoder: nn.Module
+    likelihood: nn.Module  # GaussianLikelihood: per-image loss and the scoring scale
 
     def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -71,7 +72,7 @@ class AnomalyVAE(nn.Module):
         out = {
             "kl_zx": kl_zx,
             "llr_zx": S.dual_prior_llr(mu.float(), self.anomaly_mean),
-            "elbo": recon + kl_zx + self.nuisance_kl(x, y).float(),
+            "elbo": self.likelihood.score(recon) + kl_zx + self.nuisance_kl(x, y).float(),
             "recon": recon,
             "recon_max": S.smoothed_max(err_map, self.smooth_kernel),
         }

@@ -16,6 +16,7 @@ from torch import nn
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import ConvDecoder, ConvEncoder, reparameterize
 from danvae.models.kl import kl_between, kl_to_isotropic
+from danvae.models.likelihood import GaussianLikelihood
 from danvae.models.scores import sse
 
 
@@ -23,11 +24,13 @@ class DAnVAE(AnomalyVAE):
     name = "danvae"
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 24, zy_dim: int = 8,
-                 anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5):
+                 anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
+                 likelihood: str = "sse"):
         super().__init__()
         self.zx_dim, self.zy_dim = zx_dim, zy_dim
         self.anomaly_mean = anomaly_mean
         self.smooth_kernel = smooth_kernel
+        self.likelihood = GaussianLikelihood(likelihood)
         self.encoder_x = ConvEncoder(channels, image_size, zx_dim)
         self.encoder_y = ConvEncoder(channels, image_size, zy_dim)
         self.decoder = ConvDecoder(channels, image_size, zx_dim + zy_dim)
@@ -64,7 +67,7 @@ class DAnVAE(AnomalyVAE):
         x_hat = self.decode(reparameterize(mu_x, logvar_x), reparameterize(mu_y, logvar_y))
         mu_x, logvar_x, mu_y, logvar_y = (t.float() for t in (mu_x, logvar_x, mu_y, logvar_y))
 
-        recon = sse(batch.x.float(), x_hat.float())
+        recon_nll, precision = self.likelihood(batch.x, x_hat)
         prior_mean = batch.anomaly.float().unsqueeze(1) * self.anomaly_mean
         kl_x = kl_to_isotropic(mu_x, logvar_x, prior_mean)
 
@@ -80,5 +83,7 @@ class DAnVAE(AnomalyVAE):
         # Mean over the images that carry y (the reference's α / sup_ratio over the batch).
         aux = torch.where(batch.y_known, (batch.y - y_hat).pow(2), torch.zeros_like(y_hat)).sum() / n_known.clamp(min=1)
 
-        total = recon.mean() + weights.beta_x * kl_x.mean() + weights.beta_y * kl_y.mean() + weights.alpha * aux
-        return {"total": total, "recon": recon.mean(), "kl_x": kl_x.mean(), "kl_y": kl_y.mean(), "aux": aux}
+        total = (recon_nll.mean() + weights.beta_x * kl_x.mean() + weights.beta_y * kl_y.mean()
+                 + weights.alpha * precision * aux)
+        recon = sse(batch.x.float(), x_hat.detach().float()).mean()
+        return {"total": total, "recon": recon, "kl_x": kl_x.mean(), "kl_y": kl_y.mean(), "aux": aux}

@@ -9,8 +9,10 @@ from pathlib import Path
 from danvae.config import Params, ParamsError, load_params
 from danvae.data.folders import DataError
 from danvae.images import ImageError
+from danvae.tracking import TrackingError
 
-USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError)
+USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError, TrackingError)
+RUN_FILE = Path("models/run.json")
 
 
 def run_stage(name: str, body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
@@ -20,6 +22,13 @@ def run_stage(name: str, body: Callable[[Params], None], params_path: str = "par
     except USER_ERRORS as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def read_run(path: Path = RUN_FILE) -> dict:
+    """The train stage's record of its MLflow run and registered model."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the train stage first (dvc repro train)")
+    return json.loads(path.read_text())
 
 
 def write_json(path: str | Path, obj: object) -> None:

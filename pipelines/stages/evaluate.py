@@ -12,7 +12,8 @@ from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import training_rows
 from danvae.detector import Detector
 from danvae.report import evaluate_run
-from pipelines.stages.common import run_stage
+from danvae.tracking import configure_tracking, log_to_run
+from pipelines.stages.common import read_run, run_stage
 
 DATA = Path("data")
 SCORES = Path("reports/scores.csv")
@@ -38,6 +39,9 @@ def main(params: Params) -> None:
                           train_images=images[train["row"].to_numpy()],
                           train_brightness=train["brightness"].to_numpy(),
                           masks=stored_masks(test) if (test["mask_path"] != "").any() else None, out_dir=OUT)
+    configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
+    log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test.",
+               artifact_path="evaluation")
     m = result["metrics"]
     print(f"evaluate: AUROC {m['auroc']}, darkest-quintile AUROC {m['auroc_darkest']}, "
           f"brightness ρ (normals) {m['brightness_spearman_normal']}, R²(z_y) {m['r2_zy']}, R²(z_x) {m['r2_zx']}")

@@ -9,7 +9,8 @@ from danvae.config import Params
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
-from pipelines.stages.common import run_stage
+from danvae.tracking import configure_tracking, log_to_run
+from pipelines.stages.common import read_run, run_stage
 
 DATA = Path("data")
 SCORES = Path("reports/scores.csv")
@@ -32,6 +33,9 @@ def main(params: Params) -> None:
     sample = manifest[meta["in_test_set"] & (manifest["label"] == "anomaly")].head(N_HEATMAPS)
     _, maps = detector.score_table(images[sample["row"].to_numpy()], heatmaps=True)
     np.savez_compressed(HEATMAPS, ids=sample["id"].to_numpy(dtype=str), heatmaps=maps)
+    configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
+    log_to_run(read_run()["run_id"], {"scored_images": len(out), "flagged_share": float(out["is_anomaly"].mean())},
+               prefix="score.")
     print(f"score: {len(out)} images ({int(out['in_test_set'].sum())} in the test set), "
           f"{int(out['is_anomaly'].sum())} flagged; heatmaps for {len(sample)}")
 

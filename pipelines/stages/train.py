@@ -1,4 +1,5 @@
-"""Stage train: train-split images → models/detector/ (the fitted detector) and models/run.json."""
+"""Stage train: train-split images → models/detector/, an MLflow run with the logged model,
+a registered version (alias ``challenger``), and models/run.json naming them."""
 from __future__ import annotations
 
 import hashlib
@@ -10,11 +11,13 @@ from danvae.data.folders import DataError
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
-from pipelines.stages.common import run_stage, write_json
+from danvae.registry import register_version
+from danvae.tracking import TrainingRun, configure_tracking
+from pipelines.stages.common import RUN_FILE, run_stage, write_json
 
 DATA = Path("data")
 MODEL_DIR = Path("models/detector")
-RUN_FILE = Path("models/run.json")
+
 METRICS = Path("models/train_metrics.json")
 
 
@@ -37,9 +40,21 @@ def main(params: Params) -> None:
         raise DataError("no labelled images in the validation split to calibrate the threshold on")
     detector = Detector(params.model, image_size=params.data.image_size, channels=params.data.channels,
                         train=params.train, score=params.score)
-    detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
-                 val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
-                 run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])))
+    configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
+    data_version = hashlib.md5((DATA / "manifest.parquet").read_bytes()).hexdigest()  # = DVC's hash of it
+    with TrainingRun(params.tracking.experiment, params=params.model_dump(by_alias=True),
+                     data_version=data_version) as run:
+        detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
+                     val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
+                     run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
+                     on_epoch_end=run.on_epoch_end)
+        info = run.log_model(detector)
+    record = run.summary()
+    # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
+    write_json(RUN_FILE, record)
+    version = register_version(info.model_uri, params.tracking.registered_model, run_id=run.run_id)
+    record.update(registered_model=params.tracking.registered_model, registered_version=str(version.version))
+    write_json(RUN_FILE, record)
     last = detector.history[-1]
     write_json(METRICS, {
         "epochs": len(detector.history), "loss": last["total"], "recon": last["recon"], "kl_x": last["kl_x"],
@@ -47,10 +62,9 @@ def main(params: Params) -> None:
         "threshold": detector.threshold, "n_train": len(train),
         "n_train_anomalies": int((train["label"] == "anomaly").sum()),
     })
-    write_json(RUN_FILE, {"model_dir": str(MODEL_DIR), "score_kind": detector.score_kind,
-                          "threshold": detector.threshold, "threshold_method": detector.threshold_method})
     print(f"train: {params.model.name} on {len(train)} images; score {detector.score_kind}, "
-          f"threshold {detector.threshold:.4g} ({detector.threshold_method})")
+          f"threshold {detector.threshold:.4g} ({detector.threshold_method}); MLflow run {run.run_id}, "
+          f"registered {params.tracking.registered_model} v{version.version} as challenger")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,25 @@ def test_threshold_without_anomalies_is_a_high_normal_quantile():
     threshold, how = calibrate_threshold(scores, np.zeros(100, bool), normal_quantile=0.95)
     assert how == "normal_q0.95"
     assert 0 < (scores >= threshold).mean() <= 0.05
+
+
+def test_calibrated_likelihood_weighs_errors_by_the_batch_variance():
+    from danvae.models.likelihood import GaussianLikelihood
+
+    x = torch.zeros(4, 1, 8, 8)
+    x_hat = torch.full_like(x, 0.1)  # MSE 0.01 everywhere
+    sse_loss, w = GaussianLikelihood("sse")(x, x_hat)
+    assert w == 1.0 and torch.allclose(sse_loss, torch.full((4,), 0.64))
+    lik = GaussianLikelihood("calibrated").train()
+    nll, w = lik(x, x_hat)
+    assert float(w) == pytest.approx(50.0)
+    assert torch.allclose(nll, 0.64 * 50.0 + 32 * torch.log(torch.tensor(0.01)))
+    assert float(lik.variance) < 0.5  # the running variance moves toward the batch's
+
+
+@pytest.mark.parametrize("likelihood", ["sse", "calibrated"])
+def test_both_likelihoods_train_without_error(likelihood):
+    data = _tiny_data()
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2, likelihood=likelihood), 3, 32)
+    history = Trainer(model, TrainConfig(epochs=2, warmup_epochs=1, batch_size=16), progress=False).fit(data)
+    assert all(math.isfinite(h["total"]) for h in history)

@@ -1,0 +1,112 @@
+"""``danvae promote``: gate a registered version against the champion and move the alias.
+
+    danvae promote --name danvae --version 3 --data data/test-surfaces
+    danvae promote --name danvae --version challenger --data DIR --tolerance 0.01 --dark-tolerance 0.02
+    danvae promote --name danvae --version 3 --data DIR --force --reason "hotfix for line 4 lighting"
+
+DIR is laid out like the other commands' data folders: ``normal/`` and ``anomaly/<defect>/``.
+Prints the decision as JSON; exits 0 whether or not the champion moved (the decision
+says), and 2 with a one-line message when the gate cannot run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class PromoteCommandError(ValueError):
+    """A one-line failure for the user (a ValueError, so ``danvae``'s main prints it without a traceback)."""
+
+
+def _validation_passed(path: str | None) -> tuple[bool, str | None]:
+    if path is None:
+        return True, None
+    p = Path(path)
+    if not p.is_file():
+        raise PromoteCommandError(f"validation report {p} does not exist: run the validate stage first")
+    try:
+        report = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PromoteCommandError(f"validation report {p} is not readable JSON: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("success"), bool):
+        raise PromoteCommandError(f"validation report {p} has no boolean 'success' field")
+    return report["success"], str(p)
+
+
+def _gate_images(uri: str, data_dir: str):
+    """The labelled images of ``data_dir``, decoded at the challenger's image size."""
+    import mlflow
+
+    from danvae.data.folders import discover, pack
+
+    info = mlflow.models.get_model_info(uri)
+    meta = (info.metadata or {}).get("danvae", {})
+    size, channels = int(meta.get("image_size", 64)), int(meta.get("channels", 3))
+    found = discover(data_dir)
+    found = found[found["label"].isin(["normal", "anomaly"])].reset_index(drop=True)
+    if found.empty:
+        raise PromoteCommandError(f"no labelled images under {data_dir}: put them in normal/ and anomaly/<defect>/")
+    packed = pack(found, size, channels, progress=False)
+    for path, why in packed.skipped:
+        print(f"danvae: skipped {path}: {why}", file=sys.stderr)
+    labels = (packed.table["label"] == "anomaly").to_numpy()
+    if not labels.any() or labels.all():
+        raise PromoteCommandError(f"{data_dir} needs both normal and anomalous images to compare models")
+    return packed.images, labels
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from danvae.registry import RegistryError, promote
+    from danvae.tracking import configure_tracking
+
+    if args.force and not (args.reason or "").strip():
+        raise PromoteCommandError("--force needs --reason \"...\" (it is recorded on the model version)")
+    passed, report = _validation_passed(args.validation_report)
+    configure_tracking()
+    try:
+        version = str(args.version)
+        uri = f"models:/{args.name}/{version}" if version.isdigit() else f"models:/{args.name}@{version}"
+        images, labels = _gate_images(uri, args.data)
+        decision = promote(None, args.name, version, images, labels, auroc_tolerance=args.tolerance,
+                           dark_tolerance=args.dark_tolerance, validation_passed=passed, min_auroc=args.min_auroc,
+                           force=args.force, reason=args.reason)
+    except RegistryError as exc:
+        raise PromoteCommandError(str(exc)) from exc
+    except Exception as exc:  # an unknown name/version from get_model_info, an unreachable server, ...
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException):
+            raise PromoteCommandError(f"cannot read model '{args.name}' version {args.version}: "
+                                      f"{' '.join(str(exc).split())[:240]}") from exc
+        raise
+    out = decision.to_dict()
+    out["validation_report"] = report
+    print(json.dumps(out, indent=2, default=str))
+    moved = "champion is now" if decision.promoted else "champion stays"
+    now = decision.version if decision.promoted else (decision.champion_version or "unset")
+    print(f"{decision.decision}: {moved} version {now} of '{args.name}' ({decision.reason})", file=sys.stderr)
+
+
+def add_promote_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``promote`` to ``danvae``'s subcommands (``sub = p.add_subparsers(...)``)."""
+    from danvae.registry import DEFAULT_AUROC_TOLERANCE, DEFAULT_DARK_TOLERANCE, DEFAULT_MIN_AUROC
+
+    p = subparsers.add_parser("promote", help="gate a registered model version and move the 'champion' alias",
+                              description=__doc__.split("\n")[0])
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--version", required=True, help="version number, or an alias such as 'challenger'")
+    p.add_argument("--data", required=True, help="labelled test images: DIR/normal and DIR/anomaly/<defect>")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_AUROC_TOLERANCE,
+                   help="how much worse than the champion the overall AUROC may be")
+    p.add_argument("--dark-tolerance", type=float, default=DEFAULT_DARK_TOLERANCE,
+                   help="how much worse the darkest-quintile AUROC may be")
+    p.add_argument("--min-auroc", type=float, default=DEFAULT_MIN_AUROC,
+                   help="AUROC floor for the first champion")
+    p.add_argument("--validation-report", default=None,
+                   help="validate stage's JSON report; promotion needs its 'success' to be true")
+    p.add_argument("--force", action="store_true", help="promote whatever the gate says (needs --reason)")
+    p.add_argument("--reason", default=None, help="why a promotion is forced; recorded as a tag")
+    p.set_defaults(func=cmd_promote)
+    return p

@@ -1,0 +1,49 @@
+"""The decoder's Gaussian likelihood of an image, as a loss per image.
+
+- ``sse``: fixed unit variance, the reference: the loss is the sum of squared errors.
+  On images in [0, 1] this weighs reconstruction so lightly against the KL terms that
+  the decoder often collapses to the mean colour of the data set.
+- ``calibrated``: the variance is the one that maximises the likelihood, the batch's
+  mean squared error (the "optimal σ" of Rybkin, Daniilidis & Levine 2021, σ-VAE), so
+  the loss is ``SSE / (2σ²) + D/2 · log σ²``. A running σ² is kept for scoring.
+
+Both return the per-image loss and the weight ``1/(2σ²)`` applied to squared errors, so
+that other terms defined on the squared-error scale (the auxiliary brightness
+regression) keep their reference balance with reconstruction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from danvae.models.scores import sse
+
+MIN_VARIANCE = 1e-4
+
+
+class GaussianLikelihood(nn.Module):
+    def __init__(self, kind: str = "sse", momentum: float = 0.1):
+        super().__init__()
+        if kind not in ("sse", "calibrated"):
+            raise ValueError(f"likelihood must be 'sse' or 'calibrated', got {kind!r}")
+        self.kind = kind
+        self.momentum = momentum
+        self.register_buffer("variance", torch.tensor(0.5))  # 0.5 makes 1/(2σ²) = 1, the sse scale
+
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
+        err = sse(x.float(), x_hat.float())
+        if self.kind == "sse":
+            return err, 1.0
+        n_values = x[0].numel()
+        variance = (err.detach().mean() / n_values).clamp(min=MIN_VARIANCE)
+        if self.training:
+            self.variance.lerp_(variance, self.momentum)
+        weight = 0.5 / variance
+        return err * weight + 0.5 * n_values * torch.log(variance), weight
+
+    def score(self, err: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood (up to a constant) of per-image squared errors at the running σ²."""
+        if self.kind == "sse":
+            return err
+        # The log σ² term is the same for every image, so it does not change a ranking.
+        return err * (0.5 / self.variance.clamp(min=MIN_VARIANCE))

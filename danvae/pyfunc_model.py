@@ -1,0 +1,28 @@
+"""The detector as an MLflow pyfunc, logged as "models from code" by :func:`danvae.serving.log_detector`.
+
+MLflow runs this file when it loads the model: nothing is pickled. The model folder
+carries the trained detector (``artifacts/detector``: ``detector.pt`` + ``detector.json``)
+and a copy of the ``danvae`` package (``code/danvae``, put on ``sys.path`` before this
+file runs), so a fresh process needs only mlflow and the pinned requirements.
+"""
+# No ``from __future__ import annotations``: MLflow reads predict's type hints at load time.
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class DetectorModel(PythonModel):
+    """Input: uint8 images N×H×W×C of any size; output: one row of scores per image."""
+
+    def load_context(self, context) -> None:
+        from danvae.detector import Detector
+
+        self.detector = Detector.load(context.artifacts["detector"], device="cpu")
+
+    def predict(self, context, model_input: np.ndarray, params=None):  # np.ndarray: the signature validates
+        from danvae.serving import predict_frame
+
+        return predict_frame(self.detector, model_input)
+
+
+mlflow.models.set_model(DetectorModel())

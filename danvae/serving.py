@@ -1,0 +1,194 @@
+"""The trained detector as an MLflow pyfunc model: log it, and what it answers.
+
+    info = log_detector(det)                        # inside an active run; info.model_uri
+    model = mlflow.pyfunc.load_model("models:/danvae@champion")
+    table = model.predict(images)                   # uint8 N×H×W×C, any H, W; C = 1, 3 or 4
+
+Input: one ``np.uint8`` array N×H×W×C (the signature refuses other dtypes in Python; the
+server casts JSON numbers). Any H×W, and C of 1 (gray), 3 (RGB) or 4 (RGBA, alpha
+dropped): images are resized and converted exactly as training did
+(:func:`danvae.images.fit_to`). Images of different sizes can go in one ``predict`` call as
+a 1-d object array of H×W×C uint8 arrays (``promote`` and :func:`predict_frame` also take a
+plain list).
+
+Output: a DataFrame, one row per image, columns :data:`OUTPUT_COLUMNS`: ``brightness``,
+``score`` (the detector's calibrated score kind), ``is_anomaly`` (``score >= threshold``)
+and every score kind (``kl_zx``, ``llr_zx``, ``elbo``, ``recon``, ``recon_max``). The
+score kind, threshold and image size are in the MLmodel ``metadata``.
+
+Serving (``mlflow models serve -m models:/danvae@champion --env-manager local``)::
+
+    POST /invocations   Content-Type: application/json
+    {"inputs": [[[[r, g, b], ...], ...], ...]}      # nested lists N×H×W×C of 0..255
+    -> {"predictions": [{"brightness": .., "score": .., "is_anomaly": false, "kl_zx": .., ...}, ...]}
+
+All images of one request share one H×W×C (JSON gives one dense array); send images of
+other sizes in another request. ``{"instances": [...]}`` (a list of images) works too.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from danvae.images import fit_to  # noqa: E402
+from danvae.models.base import SCORE_KINDS  # noqa: E402
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
+DETECTOR_ARTIFACT = "detector"
+OUTPUT_COLUMNS = ("brightness", "score", "is_anomaly", *SCORE_KINDS)
+TORCH_REQUIREMENT = "torch==2.13.0"  # when torch's version cannot be read; never a range (pulls a CUDA build)
+_REQUIRED = ("numpy", "pandas", "pillow", "scikit-learn", "scipy", "pydantic", "tqdm", "mlflow")
+
+
+def pip_requirements() -> list[str]:
+    """What the model needs to load and predict, pinned to the versions installed here: torch
+    without its local build tag (``2.13.0+cpu`` → ``torch==2.13.0``, so a GPU host may use its
+    own build), the rest as installed (bare names where a version cannot be read). ``danvae``
+    itself travels inside the model (``code/danvae``)."""
+    try:
+        reqs = [f"torch=={importlib_metadata.version('torch').split('+', 1)[0]}"]
+    except importlib_metadata.PackageNotFoundError:
+        reqs = [TORCH_REQUIREMENT]
+    for name in _REQUIRED:
+        try:
+            reqs.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def _as_batch(model_input: Any) -> list[np.ndarray] | np.ndarray:
+    """A dense N×H×W×C array, or a list of H×W×C arrays of differing sizes."""
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.to_numpy()
+    if isinstance(model_input, dict):
+        if len(model_input) != 1:
+            raise ValueError(f"expected one input tensor of images, got inputs {sorted(model_input)}")
+        model_input = next(iter(model_input.values()))
+    if isinstance(model_input, (list, tuple)) or (isinstance(model_input, np.ndarray) and model_input.dtype == object):
+        items = [np.asarray(a) for a in model_input]
+        shapes = {a.shape for a in items}
+        if len(shapes) <= 1 and items:
+            return np.stack(items)
+        return items
+    arr = np.asarray(model_input)
+    if arr.ndim == 3:  # one image, or a batch of grayscale images without the channel axis
+        arr = arr[..., None] if arr.shape[-1] not in (1, 3, 4) else arr[None]
+    return arr
+
+
+def _check_channels(c: int) -> None:
+    if c not in (1, 3, 4):
+        raise ValueError(f"images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {c}")
+
+
+def model_batch(detector, model_input: Any) -> np.ndarray:
+    """The input brought to the detector's N×size×size×channels uint8, as training saw images."""
+    batch = _as_batch(model_input)
+    if isinstance(batch, np.ndarray):
+        if batch.ndim != 4:
+            raise ValueError(f"expected images shaped N×H×W×C, got shape {batch.shape}")
+        _check_channels(batch.shape[-1])
+        return fit_to(batch, detector.image_size, detector.channels)
+    for a in batch:
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.ndim != 3:
+            raise ValueError(f"expected each image shaped H×W×C, got shape {a.shape}")
+        _check_channels(a.shape[-1])
+    parts = [fit_to(a[None] if a.ndim == 3 else a[None, ..., None], detector.image_size, detector.channels)
+             for a in batch]
+    return np.concatenate(parts) if parts else np.zeros((0, detector.image_size, detector.image_size,
+                                                          detector.channels), np.uint8)
+
+
+def predict_frame(detector, model_input: Any) -> pd.DataFrame:
+    """One row per image: brightness, score, is_anomaly and every score kind (float64 / bool)."""
+    images = model_batch(detector, model_input)
+    table = detector.score_table(images)
+    out = pd.DataFrame({c: table[c].to_numpy(dtype=np.float64) for c in OUTPUT_COLUMNS if c != "is_anomaly"})
+    out.insert(2, "is_anomaly", table["is_anomaly"].to_numpy(dtype=bool))
+    return out[list(OUTPUT_COLUMNS)]
+
+
+def signature():
+    """Input: one uint8 tensor (-1, -1, -1, -1); output: the score columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])
+    outputs = Schema([ColSpec("boolean" if c == "is_anomaly" else "double", c) for c in OUTPUT_COLUMNS])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def example_images(detector, n: int = 2, size: int = 24, seed: int = 0) -> np.ndarray:
+    """A small uint8 batch (deliberately not the model's image size: it is resized)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(90, 200, size=(n, 1, 1, detector.channels))
+    noise = rng.integers(-20, 21, size=(n, size, size, detector.channels))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _staged_package(into: Path) -> Path:
+    """A clean copy of the ``danvae`` package (no caches) to ship inside the model."""
+    dest = into / "danvae"
+    shutil.copytree(PACKAGE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+    return dest
+
+
+def log_detector(detector, name: str = "model", registered_model_name: str | None = None, *,
+                 input_example: np.ndarray | None = None, await_registration_for: int = 300):
+    """Log a fitted, calibrated detector as a pyfunc model in the active run (or, when none is
+    active, as a run-less logged model in experiment "danvae", which becomes the active
+    experiment); returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/<model id>``).
+
+    With ``registered_model_name``, the model is then registered through
+    :func:`danvae.registry.register_version` (waits for READY, then alias ``challenger``;
+    a clear :class:`~danvae.registry.RegistrationError` if the registry fails) and
+    ``info.registered_model_version`` is set.
+    """
+    import mlflow
+
+    from danvae.tracking import DEFAULT_EXPERIMENT, configure_tracking, get_or_create_experiment, quiet_downloads
+
+    if detector.model is None or detector.score_kind is None or detector.threshold is None:
+        raise ValueError("log_detector needs a fitted, calibrated Detector (fit() or Detector.load())")
+    if mlflow.active_run() is None:  # a run-less logged model: still in our experiment, not in ./mlruns
+        configure_tracking()
+        mlflow.set_experiment(experiment_id=get_or_create_experiment(DEFAULT_EXPERIMENT))
+    example = example_images(detector) if input_example is None else np.asarray(input_example)
+    meta = detector.metadata()
+    with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():
+        staged = Path(tmp)
+        detector.save(staged / DETECTOR_ARTIFACT)
+        code = _staged_package(staged / "code")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code / MODEL_CODE.name),
+            artifacts={DETECTOR_ARTIFACT: str(staged / DETECTOR_ARTIFACT)},
+            code_paths=[str(code)],
+            signature=signature(),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            metadata={"danvae": {"model": meta["model"]["name"], "image_size": meta["image_size"],
+                                 "channels": meta["channels"], "score_kind": meta["score_kind"],
+                                 "threshold": meta["threshold"], "threshold_method": meta["threshold_method"],
+                                 "output_columns": list(OUTPUT_COLUMNS)}},
+        )
+    if registered_model_name:
+        from danvae.registry import register_version
+
+        mv = register_version(info.model_uri, registered_model_name, run_id=info.run_id,
+                              model_id=getattr(info, "model_id", None), wait_s=await_registration_for)
+        info.registered_model_version = int(mv.version)
+    return info

@@ -1,0 +1,503 @@
+"""MLflow tracking for DAn-VAE runs: where runs go, what a training run records, and
+logging later stages into the same run.
+
+    from danvae.tracking import TrainingRun, log_to_run
+
+    with TrainingRun(params=params_yaml, data_version=manifest_md5) as run:   # experiment "danvae"
+        det.fit(images, is_anomaly, on_epoch_end=run.on_epoch_end)             # per-epoch metrics
+        info = run.log_model(det, registered_model_name="danvae")              # pyfunc + registry
+        run.write_run_json("models/run.json")                                  # run id, model URI
+    log_to_run(run_id, evaluate_scores(table), [Path("reports/roc.png")])    # score/evaluate stages
+
+Where runs go (:func:`configure_tracking`): ``MLFLOW_TRACKING_URI`` when set (an
+``mlflow server``, or Postgres + object store behind one); otherwise the embedded
+default ``sqlite:///<project root>/mlflow.db``. With a sqlite store, an experiment
+this module creates keeps its artifacts in ``mlartifacts/<experiment>`` beside the
+database file (git-ignored, like ``mlflow.db``); with a server, the server decides.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Set before mlflow is first imported by anything that goes through this module.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+DEFAULT_EXPERIMENT = "danvae"
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /:]")
+_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+
+
+# ---- where runs go ------------------------------------------------------------------
+
+
+def project_root() -> Path:
+    """The folder holding ``pyproject.toml`` above this package, else the working directory."""
+    pkg_parent = Path(__file__).resolve().parents[1]
+    return pkg_parent if (pkg_parent / "pyproject.toml").is_file() else Path.cwd().resolve()
+
+
+def default_tracking_uri(root: str | Path | None = None) -> str:
+    """``sqlite:///<root>/mlflow.db`` (absolute), ``root`` defaulting to the project root."""
+    base = Path(root).resolve() if root is not None else project_root()
+    return f"sqlite:///{base / DB_FILE}"
+
+
+def resolve_tracking_uri(uri: str | None = None, *, root: str | Path | None = None) -> str:
+    """An explicit ``uri``, else ``MLFLOW_TRACKING_URI``, else the embedded sqlite default."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+
+
+def configure_tracking(uri: str | None = None, *, root: str | Path | None = None) -> str:
+    """Point MLflow (tracking and, unless ``MLFLOW_REGISTRY_URI`` says otherwise, the
+    registry) at :func:`resolve_tracking_uri` and return that URI.
+
+    Idempotent. MLflow exports the URI as ``MLFLOW_TRACKING_URI`` so subprocesses
+    (``mlflow models serve``) inherit it.
+    """
+    resolved = resolve_tracking_uri(uri, root=root)
+    if resolved.startswith("sqlite:///"):
+        db = sqlite_path(resolved)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(resolved)
+    return resolved
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths from the working directory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    return Path(raw).resolve() if raw.startswith("/") else (Path.cwd() / raw).resolve()
+
+
+def artifact_location(experiment: str, uri: str | None = None) -> str | None:
+    """Where a new experiment keeps artifacts: ``<db folder>/mlartifacts/<experiment>`` for a
+    sqlite store; None (the server's choice) for anything else."""
+    db = sqlite_path(uri or mlflow.get_tracking_uri())
+    if db is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment) or "default"
+    return (db.parent / ARTIFACTS_DIR / safe).as_uri()
+
+
+def get_or_create_experiment(name: str = DEFAULT_EXPERIMENT, client: MlflowClient | None = None) -> str:
+    """The id of experiment ``name``, created (artifacts beside a sqlite store) or restored if needed."""
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(name))
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+            exp = client.get_experiment_by_name(name)  # another process created it meanwhile
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be reached or refused a write; the message is one line."""
+
+
+def tracking_failures() -> tuple[type[BaseException], ...]:
+    """The exceptions an unreachable or failing tracking store raises."""
+    failures: list[type[BaseException]] = [MlflowException, OSError]
+    try:
+        import requests
+
+        failures.append(requests.RequestException)
+    except ImportError:  # pragma: no cover - requests ships with mlflow
+        pass
+    return tuple(failures)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """The gist of an MLflow / HTTP failure in one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "Connection refused" in text or "NewConnectionError" in text or "Max retries exceeded" in text:
+        return f"the tracking server at {mlflow.get_tracking_uri()} is not reachable"
+    if "Read timed out" in text or "ReadTimeout" in text:
+        return "the tracking server did not answer in time"
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+@contextmanager
+def quiet_downloads():
+    """No artifact-download progress bars from MLflow inside the block (restored afterwards)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+# ---- flattening -----------------------------------------------------------------------
+
+
+def _key(parts: Iterable[str], sep: str) -> str:
+    return _KEY_UNSAFE.sub("_", sep.join(p for p in parts if p != ""))
+
+
+def _plain(obj: Any) -> Any:
+    """pydantic models and paths to plain values."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Nested params (dicts, pydantic models, lists of dicts) as ``{"model.zx_dim": "24", ...}``.
+
+    A list of scalars stays one value (``"[32, 64]"``); a list holding dicts or lists is
+    indexed (``data.sources.0.type``). Values are strings cut to MLflow's length limit.
+    """
+    out: dict[str, str] = {}
+
+    def walk(obj: Any, path: list[str]) -> None:
+        obj = _plain(obj)
+        if isinstance(obj, Mapping):
+            if not obj and path:
+                out[_key(path, sep)] = "{}"
+            for k, v in obj.items():
+                walk(v, [*path, str(k)])
+        elif isinstance(obj, (list, tuple)) and any(isinstance(_plain(v), (Mapping, list, tuple)) for v in obj):
+            for i, v in enumerate(obj):
+                walk(v, [*path, str(i)])
+        else:
+            if isinstance(obj, (list, tuple)):
+                text = json.dumps([_plain(v) for v in obj], default=str)
+            else:
+                text = str(obj)
+            out[_key(path, sep) or "value"] = text[:MAX_PARAM_VALUE]
+
+    walk(params, [prefix] if prefix else [])
+    return out
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, float]:
+    """Numeric metrics only: nested dicts become dotted keys, lists ``key_0..key_n``; None,
+    strings and other non-numbers are skipped; booleans become 0/1."""
+    out: dict[str, float] = {}
+
+    def walk(obj: Any, key: str) -> None:
+        if obj is None or isinstance(obj, (str, bytes)):
+            return
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(v, _key([key, str(k)], sep))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{key}_{i}")
+        elif isinstance(obj, (bool, numbers.Real)) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0):
+            try:
+                out[key] = float(obj)
+            except (TypeError, ValueError):
+                return
+
+    for k, v in metrics.items():
+        walk(v, _key([prefix, str(k)], sep))
+    return out
+
+
+# ---- provenance -------------------------------------------------------------------------
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the project (None outside a repository or without git)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or project_root(), capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = done.stdout.strip()
+    return sha if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """True when tracked files differ from HEAD (None when git cannot tell)."""
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or project_root(),
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
+# ---- a training run -----------------------------------------------------------------------
+
+
+class TrainingRun:
+    """One MLflow run around a training: params, provenance tags, per-epoch metrics, the model.
+
+    Use as a context manager; the run ends FINISHED, or FAILED when the block raises.
+    ``on_epoch_end`` is a ready-made ``Detector.fit(on_epoch_end=...)`` callback (step =
+    the 1-based epoch of the record). The Detector adds ``val_auroc`` to an epoch's record
+    after the callback returns, so that value is logged on the next call, by
+    :meth:`log_history`, :meth:`log_model`, or when the block ends.
+    """
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, *, run_name: str | None = None,
+                 params: Mapping[str, Any] | None = None, data_version: str | None = None,
+                 tags: Mapping[str, str] | None = None, tracking_uri: str | None = None,
+                 run_id: str | None = None):
+        self.experiment = experiment
+        self.run_name = run_name
+        self.params = dict(params or {})
+        self.data_version = data_version
+        self.tags = dict(tags or {})
+        self.tracking_uri = tracking_uri
+        self.resume_run_id = run_id
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.model_info = None
+        self.registered_model: str | None = None
+        self.registered_version: str | None = None
+        self._logged: set[tuple[str, int]] = set()
+        self._pending: tuple[int, dict] | None = None
+
+    # context -------------------------------------------------------------------
+    def __enter__(self) -> "TrainingRun":
+        self.tracking_uri = configure_tracking(self.tracking_uri)
+        tags = {"data_version": self.data_version} if self.data_version else {}
+        commit = git_commit()
+        if commit:
+            tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+        dirty = git_dirty()
+        if dirty is not None:
+            tags["git_dirty"] = str(dirty).lower()
+        from danvae import __version__
+
+        tags["danvae_version"] = __version__
+        tags.update({k: str(v) for k, v in self.tags.items()})
+        try:
+            self.experiment_id = get_or_create_experiment(self.experiment)
+            active = mlflow.start_run(run_id=self.resume_run_id, experiment_id=self.experiment_id,
+                                      run_name=self.run_name if self.resume_run_id is None else None, tags=tags)
+        except tracking_failures() as exc:
+            raise TrackingError(f"cannot start an MLflow run in experiment '{self.experiment}' at "
+                                f"{self.tracking_uri}: {failure_cause(exc)}") from exc
+        self.run_id = active.info.run_id
+        try:
+            if self.params:
+                self.log_params(self.params)
+        except BaseException as exc:
+            _end_run_quietly("FAILED")
+            if isinstance(exc, tracking_failures()):
+                raise TrackingError(f"cannot log the params of run {self.run_id}: {failure_cause(exc)}") from exc
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self._flush_pending()
+            except BaseException:
+                _end_run_quietly("FAILED")
+                raise
+            mlflow.end_run(status="FINISHED")
+        else:
+            _end_run_quietly("FAILED")  # never hide the block's own error behind an unreachable server
+
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("the TrainingRun is not started: use it as `with TrainingRun(...) as run:`")
+        return self.run_id
+
+    # params and metrics --------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+        """Log nested params flattened to dotted keys; returns what was logged."""
+        flat = flatten_params(params, prefix)
+        client = MlflowClient()
+        from mlflow.entities import Param
+
+        items = list(flat.items())
+        for start in range(0, len(items), 100):
+            client.log_batch(self._require_run(), params=[Param(k, v) for k, v in items[start:start + 100]])
+        return flat
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+        """Log numeric metrics (flattened; None skipped)."""
+        flat = flatten_metrics(metrics)
+        if flat:
+            _log_batch(MlflowClient(), self._require_run(), flat, step or 0)
+        return flat
+
+    def _log_record(self, step: int, record: Mapping[str, Any]) -> None:
+        todo = {k: v for k, v in flatten_metrics({k: v for k, v in record.items() if k != "epoch"}).items()
+                if (k, step) not in self._logged}
+        if todo:
+            _log_batch(MlflowClient(), self._require_run(), todo, step)
+            self._logged.update((k, step) for k in todo)
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            step, record = self._pending
+            self._pending = None
+            self._log_record(step, record)
+
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        """``Detector.fit`` callback: log the epoch's losses (and the last epoch's val_auroc).
+
+        A tracking failure here does not stop the training: it warns, and what was not logged
+        is logged later by :meth:`log_history` / :meth:`log_model` (which do raise)."""
+        step = int(record.get("epoch", epoch + 1))
+        try:
+            self._flush_pending()
+            self._log_record(step, record)
+        except tracking_failures() as exc:
+            import warnings
+
+            warnings.warn(f"epoch {step} metrics not logged yet ({failure_cause(exc)}); "
+                          f"they are retried when the model is logged", stacklevel=2)
+        self._pending = (step, record)  # the same dict gets val_auroc after we return
+        return None
+
+    __call__ = on_epoch_end
+
+    def log_history(self, history: Iterable[Mapping[str, Any]]) -> None:
+        """Log every epoch record not logged yet (e.g. epochs a resumed training skipped)."""
+        self._flush_pending()
+        for i, record in enumerate(history):
+            self._log_record(int(record.get("epoch", i + 1)), record)
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        _log_paths(MlflowClient(), self._require_run(), paths, artifact_path)
+
+    # the model ---------------------------------------------------------------------------
+    def log_model(self, detector, name: str = "model", registered_model_name: str | None = None,
+                  input_example=None):
+        """Log the detector as a pyfunc (and register it, alias ``challenger``); also log its
+        calibration (score kind, threshold, validation AUROC per kind) and full history."""
+        from danvae.serving import log_detector
+
+        self._require_run()
+        self.log_history(detector.history)
+        self.log_params({"detector": {"score_kind": detector.score_kind,
+                                      "threshold_method": detector.threshold_method}})
+        self.log_metrics({"threshold": detector.threshold, "val_auroc_by_kind": detector.val_aurocs})
+        info = log_detector(detector, name=name, registered_model_name=registered_model_name,
+                            input_example=input_example)
+        self.model_info = info
+        self.registered_model = registered_model_name
+        self.registered_version = (str(info.registered_model_version)
+                                   if info.registered_model_version is not None else None)
+        mlflow.set_tags({"model_uri": info.model_uri, **({"registered_model": registered_model_name}
+                                                          if registered_model_name else {})})
+        return info
+
+    def summary(self) -> dict[str, Any]:
+        """What later stages need: run and experiment ids, tracking URI, model URI/id, registered version."""
+        info = self.model_info
+        return {
+            "run_id": self.run_id, "experiment_id": self.experiment_id, "experiment": self.experiment,
+            "tracking_uri": self.tracking_uri,
+            "model_uri": info.model_uri if info else None,
+            "model_id": getattr(info, "model_id", None) if info else None,
+            "registered_model": self.registered_model,
+            "registered_version": self.registered_version,
+            "data_version": self.data_version,
+        }
+
+    def write_run_json(self, path: str | Path) -> Path:
+        """Write :meth:`summary` as JSON (the train stage's ``models/run.json``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.summary(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def _end_run_quietly(status: str) -> None:
+    try:
+        mlflow.end_run(status=status)  # pops the active run before telling the store
+    except Exception as exc:  # noqa: BLE001 - the store is unreachable; the original error matters more
+        import warnings
+
+        warnings.warn(f"could not mark the MLflow run {status}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                      stacklevel=3)
+
+
+# ---- later stages -------------------------------------------------------------------------
+
+
+def _log_batch(client: MlflowClient, run_id: str, flat: Mapping[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(step)) for k, v in flat.items()]
+    for start in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + _BATCH])
+
+
+def _log_paths(client: MlflowClient, run_id: str, paths: Iterable[str | Path], artifact_path: str | None) -> None:
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"cannot log missing artifact(s): {', '.join(missing)}")
+    for p in paths:
+        if p.is_dir():
+            sub = f"{artifact_path}/{p.name}" if artifact_path else p.name
+            client.log_artifacts(run_id, str(p), artifact_path=sub)
+        else:
+            client.log_artifact(run_id, str(p), artifact_path=artifact_path)
+
+
+def log_to_run(run_id: str, metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (), *,
+               step: int | None = None, prefix: str = "", artifact_path: str | None = None,
+               tracking_uri: str | None = None) -> dict[str, float]:
+    """Log a later stage's metrics and files into an existing run (finished runs accept them).
+
+    ``metrics`` is flattened: ``auroc_by_brightness=[...]`` becomes ``auroc_by_brightness_0..4``,
+    nested dicts become dotted keys, None and non-numbers are skipped. ``prefix`` names them
+    (``prefix="score"`` → ``score.auroc``). Files go to the run's root artifact folder (or
+    ``artifact_path``); a folder is logged as a subfolder of its own name. Returns the metrics
+    logged.
+    """
+    configure_tracking(tracking_uri)
+    artifacts = [Path(a) for a in artifacts]
+    missing = [str(a) for a in artifacts if not a.exists()]
+    if missing:
+        raise FileNotFoundError(f"cannot log missing artifact(s): {', '.join(missing)}")
+    client = MlflowClient()
+    flat = flatten_metrics(metrics or {}, prefix)
+    try:
+        if flat:
+            _log_batch(client, run_id, flat, step or 0)
+        _log_paths(client, run_id, artifacts, artifact_path)
+    except tracking_failures() as exc:
+        raise TrackingError(f"cannot log into MLflow run {run_id}: {failure_cause(exc)}") from exc
+    return flat
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """``[(step, value), ...]`` of one metric, by step."""
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
