@@ -17,6 +17,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -36,7 +37,7 @@ run: install
 	$(BIN)/dvc repro
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --basetemp=.cache/pytest
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
