@@ -18,7 +18,7 @@ from torch import nn
 
 from danvae.models.scores import sse
 
-MIN_VARIANCE = 1e-4
+MIN_VARIANCE = 1e-3  # σ ≥ 0.03 (≈ 8 grey levels, about sensor noise): keeps the weight bounded
 
 
 class GaussianLikelihood(nn.Module):
