@@ -1,0 +1,52 @@
+"""New surface images waiting in ``data/incoming/``: content not yet in the manifest."""
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime
+from pathlib import Path
+
+DATA_DIR = Path("data")
+
+
+def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incoming") -> list[str]:
+    """Image files under ``incoming`` (relative to the project) whose sha256 is not in the manifest.
+
+    Files an earlier ingest refused (``data/quarantine.csv``) and not modified since are not new."""
+    import pandas as pd
+
+    from danvae.data.folders import scan
+    from danvae.data.ingest import QUARANTINE, load_manifest
+
+    root = Path(project_dir)
+    folder = root / incoming
+    if not folder.is_dir():
+        return []
+    known = set(load_manifest(root / DATA_DIR)["id"])
+    refused: dict[str, float] = {}
+    qpath = root / DATA_DIR / QUARANTINE
+    if qpath.exists():
+        try:
+            q = pd.read_csv(qpath, dtype=str, keep_default_na=False)
+            for path, seen in zip(q.get("path", []), q.get("seen_at", []), strict=False):
+                try:
+                    when = datetime.fromisoformat(seen).timestamp()
+                except ValueError:
+                    continue
+                for key in (path, str((root / path).resolve())):
+                    refused[key] = max(refused.get(key, 0.0), when)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
+            pass
+    new = []
+    for path in scan(folder).found["path"]:
+        p = Path(path)
+        rel = os.path.relpath(p, root)
+        try:
+            if max(refused.get(rel, 0.0), refused.get(str(p.resolve()), 0.0)) >= p.stat().st_mtime:
+                continue
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        except OSError:
+            continue
+        if digest not in known:
+            new.append(rel)
+    return sorted(new)
