@@ -11,6 +11,7 @@ TORCH_PIP_ARGS ?=
 
 # Offline, no telemetry, and every file the tools write kept inside the project.
 export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90

@@ -9,6 +9,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Offline, no telemetry, and tool state inside the project (see the stack notes).
 for _key, _value in {
     "DVC_NO_ANALYTICS": "1",
+    "DVC_SITE_CACHE_DIR": str(PROJECT_ROOT / ".dvc" / "tmp" / "site_cache"),
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

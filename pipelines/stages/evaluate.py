@@ -40,7 +40,7 @@ def main(params: Params) -> None:
                           train_brightness=train["brightness"].to_numpy(),
                           masks=stored_masks(test) if (test["mask_path"] != "").any() else None, out_dir=OUT)
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
-    log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test.",
+    log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test",
                artifact_path="evaluation")
     m = result["metrics"]
     print(f"evaluate: AUROC {m['auroc']}, darkest-quintile AUROC {m['auroc_darkest']}, "

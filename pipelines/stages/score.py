@@ -35,7 +35,7 @@ def main(params: Params) -> None:
     np.savez_compressed(HEATMAPS, ids=sample["id"].to_numpy(dtype=str), heatmaps=maps)
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
     log_to_run(read_run()["run_id"], {"scored_images": len(out), "flagged_share": float(out["is_anomaly"].mean())},
-               prefix="score.")
+               prefix="score")
     print(f"score: {len(out)} images ({int(out['in_test_set'].sum())} in the test set), "
           f"{int(out['is_anomaly'].sum())} flagged; heatmaps for {len(sample)}")
 

@@ -43,6 +43,7 @@ class Repo:
     def __init__(self, path: Path):
         self.path = path
         self.env = tool_env()
+        self.env["DVC_SITE_CACHE_DIR"] = str(path / ".dvc" / "tmp" / "site_cache")
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=900)

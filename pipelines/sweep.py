@@ -1,0 +1,397 @@
+"""The thesis grid as DVC experiments: queue it, run it, gather one comparison table.
+
+    python -m pipelines.sweep queue  [--models vae,dpvae,danvae] [--zx 24,56,120] [--ratios 0.05,0.10,0.20]
+                                     [--vae-every-ratio] [--dry-run] [-S key=value ...]
+    python -m pipelines.sweep run    [--jobs 1]
+    python -m pipelines.sweep gather [--out reports/sweep] [--all-commits] [--source auto|dvc|mlflow]
+
+``queue`` stages one ``dvc exp run --queue -S model.name=.. -S model.zx_dim=.. -S
+data.train_anomaly_ratio=..`` per grid point. The plain ``vae`` trains on normal images
+only, so the labelled-anomaly ratio cannot change it: it is queued once per ``zx_dim``
+(at the first ratio given) unless ``--vae-every-ratio`` asks for every ratio.
+
+``run`` is ``dvc exp run --run-all --jobs N``. Queued experiments run in temporary
+copies of the repository; so that their MLflow runs are not lost with those copies,
+``MLFLOW_TRACKING_URI`` is pointed at this project's ``mlflow.db`` unless already set.
+
+``gather`` reads ``dvc exp show --json`` and writes ``<out>/sweep.csv`` and
+``<out>/sweep.md``: model, zx_dim, ratio, overall AUROC, darkest-quintile AUROC,
+Spearman correlation of the score with brightness on normal test images, R²(z_y), R²(z_x).
+Where a grid point ran more than once, the newest experiment counts. DVC records an
+experiment's metrics only if git may track ``reports/metrics.json``; where it is git-ignored
+``gather`` falls back to the MLflow runs the experiments logged (``--source`` chooses).
+
+The table functions (:func:`rows_from_exp_show`, :func:`gather_table`, :func:`to_markdown`)
+are pure and need only pandas. This file imports nothing from the project, so it also
+runs as ``python /path/to/pipelines/sweep.py --repo <clone> ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MODELS = ("vae", "dpvae", "danvae")
+ZX_DIMS = (24, 56, 120)
+RATIOS = (0.05, 0.10, 0.20)
+NORMALS_ONLY = {"vae"}  # models that never see labelled anomalies
+
+PARAMS_FILE = "params.yaml"
+METRICS_FILE = "reports/metrics.json"
+
+# (column, where it comes from in params.yaml or reports/metrics.json, markdown header)
+COLUMNS: list[tuple[str, str, str]] = [
+    ("model", "model.name", "model"),
+    ("zx_dim", "model.zx_dim", "zx_dim"),
+    ("ratio", "data.train_anomaly_ratio", "ratio"),
+    ("auroc", "auroc", "AUROC"),
+    ("auroc_darkest", "auroc_darkest", "AUROC darkest quintile"),
+    ("brightness_spearman", "brightness_spearman_normal", "ρ(score, brightness) normals"),
+    ("r2_zy", "r2_zy", "R²(z_y)"),
+    ("r2_zx", "r2_zx", "R²(z_x)"),
+]
+TABLE_COLUMNS = [c for c, _, _ in COLUMNS] + ["experiment"]
+METRIC_COLUMNS = ["auroc", "auroc_darkest", "brightness_spearman", "r2_zy", "r2_zx"]
+
+
+# ---- the grid -----------------------------------------------------------------------
+
+
+def grid(models: Sequence[str] = MODELS, zx_dims: Sequence[int] = ZX_DIMS, ratios: Sequence[float] = RATIOS,
+         vae_every_ratio: bool = False) -> list[dict[str, Any]]:
+    """Grid points as params, ``vae`` once per ``zx_dim`` (first ratio) unless ``vae_every_ratio``."""
+    points = []
+    for model in models:
+        for zx in zx_dims:
+            for i, ratio in enumerate(ratios):
+                if model in NORMALS_ONLY and not vae_every_ratio and i > 0:
+                    continue
+                points.append({"model.name": model, "model.zx_dim": int(zx), "data.train_anomaly_ratio": float(ratio)})
+    return points
+
+
+def queue_command(point: Mapping[str, Any], extra: Sequence[str] = ()) -> list[str]:
+    """The ``dvc exp run --queue`` arguments (after ``dvc``) for one grid point."""
+    cmd = ["exp", "run", "--queue"]
+    for key, value in point.items():
+        cmd += ["-S", f"{key}={value}"]
+    for setting in extra:
+        cmd += ["-S", setting]
+    return cmd
+
+
+# ---- the table (pure) ---------------------------------------------------------------
+
+
+def _lookup(tree: Mapping[str, Any] | None, dotted: str) -> Any:
+    node: Any = tree or {}
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _file_data(files: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
+    """``{"reports/metrics.json": {"data": {...}}}`` → the data of that file (paths may use any separator)."""
+    for path, entry in (files or {}).items():
+        if Path(path).as_posix() == name and isinstance(entry, Mapping):
+            return entry.get("data")
+    return None
+
+
+def rows_from_exp_show(show: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten ``dvc exp show --json`` (DVC 3.x: a list of baseline commits, each with
+    ``experiments``, each experiment with ``revs``) into one record per successful experiment:
+    params and metrics as dotted keys plus ``experiment``, ``rev``, ``timestamp``.
+
+    The workspace and the baseline commits themselves are left out; so are queued,
+    running and failed experiments (their revs carry no data or an error).
+    """
+    rows = []
+    for baseline in show:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                if rev.get("error") or data.get("status", "Success") != "Success":
+                    continue
+                metrics = _file_data(data.get("metrics"), METRICS_FILE)
+                params = _file_data(data.get("params"), PARAMS_FILE)
+                if not metrics or not params:
+                    continue
+                row: dict[str, Any] = {"experiment": rev.get("name") or exp.get("name") or rev.get("rev"),
+                                       "rev": rev.get("rev"), "timestamp": data.get("timestamp")}
+                for column, source, _ in COLUMNS:
+                    tree = params if source.startswith(("model.", "data.")) else metrics
+                    row[source] = _lookup(tree, source)
+                rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def gather_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (model, zx_dim, ratio), the newest experiment where one ran twice, sorted
+    vae → dpvae → danvae, then zx_dim, then ratio. ``rows`` hold dotted params/metrics keys
+    (as :func:`rows_from_exp_show` makes them) or the table's own column names."""
+    records = []
+    for row in rows:
+        rec = {}
+        for column, source, _ in COLUMNS:
+            rec[column] = row.get(source, row.get(column))
+        rec["experiment"] = row.get("experiment")
+        rec["timestamp"] = row.get("timestamp") or ""
+        records.append(rec)
+    df = pd.DataFrame(records, columns=TABLE_COLUMNS + ["timestamp"])
+    if df.empty:
+        return df.drop(columns="timestamp")
+    df["model"] = df["model"].astype(str)
+    df["zx_dim"] = [int(_number(v)) if not math.isnan(_number(v)) else -1 for v in df["zx_dim"]]
+    df["ratio"] = [_number(v) for v in df["ratio"]]
+    for column in METRIC_COLUMNS:
+        df[column] = [_number(v) for v in df[column]]
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates(["model", "zx_dim", "ratio"], keep="last")
+    order = {m: i for i, m in enumerate(MODELS)}
+    df["_order"] = [order.get(m, len(order)) for m in df["model"]]
+    df = df.sort_values(["_order", "model", "zx_dim", "ratio"], kind="stable")
+    return df.drop(columns=["_order", "timestamp"]).reset_index(drop=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 3, normals_only_note: bool = True) -> str:
+    """A GitHub markdown table of :func:`gather_table`'s columns (no extra library needed).
+    Models that never see labelled anomalies (``vae``) get their ratio marked with ``*``."""
+    headers = [h for _, _, h in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + "|"]
+    marked = False
+    for _, row in df.iterrows():
+        cells = []
+        for column, _, _ in COLUMNS:
+            value = row[column]
+            if column == "ratio":
+                text = _fmt(value, 2)
+                if normals_only_note and row["model"] in NORMALS_ONLY:
+                    text, marked = text + "*", True
+            elif column == "zx_dim":
+                text = str(int(value))
+            else:
+                text = _fmt(value, digits)
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    if marked:
+        lines.append("")
+        lines.append("\\* `vae` trains on normal images only: the labelled-anomaly ratio does not change it, "
+                     "so it runs once per zx_dim (at the ratio shown).")
+    return "\n".join(lines) + "\n"
+
+
+# ---- talking to DVC -----------------------------------------------------------------
+
+
+def tool_env(repo: Path) -> dict[str, str]:
+    """The environment for dvc and the stages: offline, no telemetry, this interpreter's
+    folder first on PATH (so a stage's ``python`` is the venv's), MLflow runs kept in
+    ``<repo>/mlflow.db`` even from DVC's temporary experiment copies."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    env.setdefault("MPLCONFIGDIR", str(repo / ".cache" / "matplotlib"))
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    # .dvc/config may name a relative core.site_cache_dir (this project's: tmp/site_cache); DVC
+    # resolves it against the working directory, which for queued experiments is a temporary
+    # copy where it does not exist ("unable to open database file"). An absolute one fixes that.
+    site = _site_cache_dir(repo)
+    if site is not None:
+        env.setdefault("DVC_SITE_CACHE_DIR", str(site))
+    return env
+
+
+def _site_cache_dir(repo: Path) -> Path | None:
+    """``core.site_cache_dir`` from ``.dvc/config``/``config.local``, made absolute (None when unset)."""
+    import configparser
+
+    value = None
+    for name in ("config", "config.local"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(repo / ".dvc" / name)
+        except configparser.Error:
+            continue
+        value = parser.get("core", "site_cache_dir", fallback=value)
+    if not value:
+        return None
+    path = Path(value.strip().strip("'\""))
+    return path if path.is_absolute() else (repo / path).resolve()
+
+
+def dvc(repo: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=tool_env(repo), text=True,
+                          capture_output=capture, check=False)
+
+
+def exp_show(repo: Path, all_commits: bool = False) -> list[dict[str, Any]]:
+    args = ["exp", "show", "--json", "--force"]
+    if all_commits:
+        args.append("--all-commits")
+    proc = dvc(repo, *args, capture=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep: dvc exp show failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def _split(text: str, cast) -> list:
+    return [cast(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    points = grid(_split(args.models, str), _split(args.zx, int), _split(args.ratios, float), args.vae_every_ratio)
+    unknown = sorted({p["model.name"] for p in points} - set(MODELS))
+    if unknown:
+        raise SystemExit(f"sweep: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    for point in points:
+        cmd = queue_command(point, args.set_param or [])
+        print("dvc " + " ".join(cmd), flush=True)
+        if not args.dry_run:
+            proc = dvc(args.repo, *cmd, capture=True)
+            if proc.returncode != 0:
+                print(proc.stdout + proc.stderr, file=sys.stderr)
+                return proc.returncode
+    print(f"sweep: {'would queue' if args.dry_run else 'queued'} {len(points)} experiments", flush=True)
+    return 0
+
+
+def failed_tasks(status_text: str) -> set[str]:
+    """Task ids marked Failed in ``dvc queue status`` output."""
+    return {line.split()[0] for line in status_text.splitlines() if line.split()[-1:] == ["Failed"]}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``dvc exp run --run-all``; non-zero when DVC fails or any experiment of this run failed
+    (DVC itself exits 0 when queued experiments fail)."""
+    before = failed_tasks(dvc(args.repo, "queue", "status", capture=True).stdout)
+    code = dvc(args.repo, "exp", "run", "--run-all", "--jobs", str(args.jobs)).returncode
+    failed = failed_tasks(dvc(args.repo, "queue", "status", capture=True).stdout) - before
+    if failed:
+        print(f"sweep: {len(failed)} experiment(s) failed: {', '.join(sorted(failed))} "
+              f"(see `dvc queue logs <task>`)", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def rows_from_mlflow(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows like :func:`rows_from_exp_show`'s from ``mlflow.search_runs`` (params ``model.name``,
+    ``model.zx_dim``, ``data.train_anomaly_ratio``; the evaluate stage's metrics, logged with a
+    ``test.`` prefix). Runs without a test AUROC (unfinished pipelines) are left out."""
+    def column(name: str) -> str | None:
+        for candidate in (f"metrics.test.{name}", f"metrics.test..{name}"):
+            if candidate in runs.columns:
+                return candidate
+        return None
+
+    rows = []
+    for _, run in runs.iterrows():
+        row: dict[str, Any] = {"experiment": run.get("tags.mlflow.runName") or run.get("run_id"),
+                               "rev": run.get("run_id"), "timestamp": str(run.get("start_time") or "")}
+        for _, source, _ in COLUMNS:
+            if source.startswith(("model.", "data.")):
+                row[source] = run.get(f"params.{source}")
+            else:
+                col = column(source)
+                value = run.get(col) if col else None
+                row[source] = None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+        if row["auroc"] is not None and row["model.name"] is not None:
+            rows.append(row)
+    return rows
+
+
+def mlflow_runs(repo: Path) -> pd.DataFrame:
+    """Every run of the project's MLflow experiment (``tracking.experiment`` in params.yaml)."""
+    import yaml
+
+    env = tool_env(repo)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    params = yaml.safe_load((repo / PARAMS_FILE).read_text()) or {}
+    experiment = (params.get("tracking") or {}).get("experiment", "danvae")
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time ASC"])
+
+
+def collect_rows(repo: Path, source: str = "auto", all_commits: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """The rows and where they came from. ``auto``: DVC experiments, else MLflow runs.
+
+    DVC keeps an experiment's metrics only if git may track them: with ``reports/`` or
+    ``models/train_metrics.json`` git-ignored (``cache: false`` outputs), ``dvc exp show``
+    lists the experiments without metrics, and the MLflow runs they logged are the record.
+    """
+    if source in ("auto", "dvc"):
+        show = exp_show(repo, all_commits)
+        rows = rows_from_exp_show(show)
+        if rows or source == "dvc":
+            return rows, "dvc"
+        n_exps = sum(len(b.get("experiments") or []) for b in show)
+        print(f"sweep: {n_exps} DVC experiment(s) but none with {METRICS_FILE} in its commit "
+              f"(is it git-ignored? DVC commits cache: false metrics only when git may track them); "
+              f"reading the MLflow runs instead", file=sys.stderr)
+    return rows_from_mlflow(mlflow_runs(repo)), "mlflow"
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    rows, used = collect_rows(args.repo, args.source, args.all_commits)
+    table = gather_table(rows)
+    out = args.out if args.out.is_absolute() else args.repo / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sweep.csv", index=False)
+    (out / "sweep.md").write_text(to_markdown(table))
+    print(to_markdown(table))
+    print(f"sweep: {len(table)} grid points (from {used}) → {out / 'sweep.csv'}, {out / 'sweep.md'}")
+    return 0 if len(table) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the project (default: here)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="queue the grid as DVC experiments")
+    q.add_argument("--models", default=",".join(MODELS))
+    q.add_argument("--zx", default=",".join(map(str, ZX_DIMS)))
+    q.add_argument("--ratios", default=",".join(f"{r:.2f}" for r in RATIOS))
+    q.add_argument("--vae-every-ratio", action="store_true", help="queue vae at every ratio, not once per zx_dim")
+    q.add_argument("-S", "--set-param", action="append", metavar="KEY=VALUE", help="extra param for every point")
+    q.add_argument("--dry-run", action="store_true", help="print the commands only")
+    r = sub.add_parser("run", help="run every queued experiment (dvc exp run --run-all)")
+    r.add_argument("--jobs", type=int, default=1)
+    g = sub.add_parser("gather", help="write the results table (markdown and CSV)")
+    g.add_argument("--out", type=Path, default=Path("reports/sweep"))
+    g.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    g.add_argument("--source", choices=("auto", "dvc", "mlflow"), default="auto",
+                   help="dvc exp show, the MLflow runs, or auto: DVC when its experiments carry metrics")
+    args = parser.parse_args(argv)
+    args.repo = args.repo.resolve()
+    return {"queue": cmd_queue, "run": cmd_run, "gather": cmd_gather}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
