@@ -54,6 +54,9 @@ def main() -> None:
             rho = spearmanr(test.table["brightness"][normal], table[kind][normal]).statistic
             mark = "  <- default" if kind == det.score_kind else ""
             print(f"{name:7} {kind:10} {roc_auc_score(test_labels, table[kind]):6.3f} {rho:32.3f}{mark}")
+        rho = spearmanr(test.table["brightness"][normal], table["score"][normal]).statistic
+        print(f"{name:7} {'decision':10} {roc_auc_score(test_labels, table['score']):6.3f} {rho:32.3f}"
+              f"  <- {det.score_kind} less its brightness trend on validation normals")
         z_train, z_test = det.latents(train.images), det.latents(test.images)
         for part, z in z_test.items():
             reg = LinearRegression().fit(z_train[part], train.table["brightness"])

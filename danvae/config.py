@@ -63,6 +63,9 @@ class ScoreConfig(_Strict):
     max_val_fpr: float = Field(
         0.1, gt=0, le=1, description="the threshold flags at most this share of validation normals"
     )
+    brightness_adjust: bool = Field(
+        True, description="subtract the normal images' score trend over brightness (fitted on validation normals)"
+    )
     val_share: float = Field(0.2, ge=0.05, le=0.5, description="held-out share for threshold and score choice")
     batch_size: int = Field(256, ge=1)
 

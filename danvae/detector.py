@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.images import brightness, fit_to
 from danvae.models import SCORE_KINDS, AnomalyVAE, build_model
-from danvae.scoring import calibrate_threshold, choose_score_kind, score_images
+from danvae.scoring import calibrate_threshold, choose_score_kind, fit_brightness_trend, score_images
 from danvae.train import Trainer, TrainingData
 
 DETECTOR_FILE = "detector.pt"
@@ -49,6 +49,7 @@ class Detector:
         self.threshold: float | None = None
         self.threshold_method: str | None = None
         self.val_aurocs: dict[str, float] = {}
+        self.brightness_trend: list[float] | None = None
         self.history: list[dict[str, float]] = []
 
     # ---- fitting -----------------------------------------------------------------
@@ -97,15 +98,27 @@ class Detector:
 
     def calibrate(self, images: np.ndarray, is_anomaly: np.ndarray) -> "Detector":
         """Choose the score kind and the threshold on held-out images."""
+        is_anomaly = np.asarray(is_anomaly, bool)
         table = self.score_table(images, with_decision=False)
         kind, self.val_aurocs = choose_score_kind(table, is_anomaly, self.model_config.name)
         self.score_kind = kind if self.score_config.kind == "auto" else self.score_config.kind
+        self.brightness_trend = None
+        if self.score_config.brightness_adjust and int((~is_anomaly).sum()) >= 10:
+            normal = table[~is_anomaly]
+            self.brightness_trend = fit_brightness_trend(normal[self.score_kind], normal["brightness"])
         self.threshold, self.threshold_method = calibrate_threshold(
-            table[self.score_kind].to_numpy(), is_anomaly, self.score_config.normal_quantile,
+            self._decision_score(table), is_anomaly, self.score_config.normal_quantile,
             self.score_config.max_val_fpr)
         return self
 
     # ---- scoring -----------------------------------------------------------------
+    def _decision_score(self, table: pd.DataFrame) -> np.ndarray:
+        """The chosen score kind, less its normal-image trend over brightness when one was fitted."""
+        score = table[self.score_kind].to_numpy(dtype=np.float64)
+        if self.brightness_trend is not None:
+            score = score - np.polyval(self.brightness_trend, table["brightness"].to_numpy())
+        return score
+
     def _require_fitted(self) -> AnomalyVAE:
         if self.model is None:
             raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
@@ -120,7 +133,7 @@ class Detector:
         table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps)
         table.insert(0, "brightness", y)
         if with_decision and self.score_kind is not None:
-            table.insert(1, "score", table[self.score_kind])
+            table.insert(1, "score", self._decision_score(table))
             table.insert(2, "is_anomaly", table["score"] >= self.threshold)
         return (table, maps) if heatmaps else table
 
@@ -155,7 +168,7 @@ class Detector:
             "model": self.model_config.model_dump(), "train": self.train_config.model_dump(),
             "score": self.score_config.model_dump(), "image_size": self.image_size, "channels": self.channels,
             "score_kind": self.score_kind, "threshold": self.threshold, "threshold_method": self.threshold_method,
-            "val_aurocs": self.val_aurocs,
+            "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
         }
 
     def save(self, run_dir: str | Path) -> Path:
@@ -182,5 +195,6 @@ class Detector:
         det.model.to(device).eval()
         det.score_kind, det.threshold = meta["score_kind"], meta["threshold"]
         det.threshold_method, det.val_aurocs = meta["threshold_method"], meta["val_aurocs"]
+        det.brightness_trend = meta.get("brightness_trend")
         det.history = state.get("history", [])
         return det

@@ -40,6 +40,18 @@ def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batc
     return table, heatmaps
 
 
+def fit_brightness_trend(scores: np.ndarray, brightness: np.ndarray, degree: int = 2) -> list[float]:
+    """Median of normal images' scores as a polynomial in brightness (quantile regression, so a
+    few extreme scores do not pull it). Subtracting it leaves a score that does not rise or
+    fall with lighting alone; returns polynomial coefficients, highest power first."""
+    from sklearn.linear_model import QuantileRegressor
+
+    y = np.asarray(brightness, dtype=np.float64)
+    features = np.stack([y**k for k in range(degree, 0, -1)], axis=1)
+    reg = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(features, np.asarray(scores, np.float64))
+    return [float(c) for c in reg.coef_] + [float(reg.intercept_)]
+
+
 def _has_both_classes(labels: np.ndarray) -> bool:
     return bool(labels.any() and (~labels).any())
 

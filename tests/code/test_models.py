@@ -162,3 +162,20 @@ def test_both_likelihoods_train_without_error(likelihood):
     model = build_model(ModelConfig(zx_dim=4, zy_dim=2, likelihood=likelihood), 3, 32)
     history = Trainer(model, TrainConfig(epochs=2, warmup_epochs=1, batch_size=16), progress=False).fit(data)
     assert all(math.isfinite(h["total"]) for h in history)
+
+
+def test_brightness_trend_removes_a_lighting_bias_but_keeps_anomalies():
+    from scipy.stats import spearmanr
+
+    from danvae.scoring import fit_brightness_trend
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.2, 1.0, 400)
+    normal_scores = 50 - 40 * y + rng.normal(0, 1, 400)  # dark normals score high: the failure mode
+    trend = fit_brightness_trend(normal_scores, y)
+    adjusted = normal_scores - np.polyval(trend, y)
+    assert abs(spearmanr(y, normal_scores).statistic) > 0.9
+    assert abs(spearmanr(y, adjusted).statistic) < 0.1
+    anomaly = 50 - 40 * 0.9 + 8  # a bright anomaly: lower raw score than a dark normal, higher adjusted one
+    assert anomaly < np.max(normal_scores)
+    assert anomaly - np.polyval(trend, 0.9) > np.quantile(adjusted, 0.99)
