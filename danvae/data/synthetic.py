@@ -25,6 +25,8 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
+from danvae.images import brightness
+
 __all__ = [
     "DEFECTS",
     "DIFFICULTIES",
@@ -311,11 +313,6 @@ def render_surface(
     image = image + light_rng.normal(0, light_rng.uniform(0.01, 0.02), image.shape)
     image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     return Surface(image=image, mask=mask, material=material, defect=defect, lighting=float(lighting))
-
-
-def brightness(image: np.ndarray) -> float:
-    """Mean over pixels of max(R, G, B) / 255 (the HSV value channel) of a uint8 image."""
-    return float(image.max(axis=2).mean() / 255.0)
 
 
 def generate_surfaces(
