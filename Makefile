@@ -38,6 +38,7 @@ run: install
 	$(BIN)/dvc repro
 
 test: install
+	mkdir -p .cache
 	$(BIN)/python -m pytest -q --basetemp=.cache/pytest
 
 bench: install

@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.images import brightness, fit_to
+from danvae.model_file import load_weights
 from danvae.models import SCORE_KINDS, AnomalyVAE, build_model
 from danvae.scoring import calibrate_threshold, choose_score_kind, fit_brightness_trend, score_images
 from danvae.train import Trainer, TrainingData
@@ -186,7 +187,7 @@ class Detector:
         path = path / DETECTOR_FILE if path.is_dir() else path
         if not path.exists():
             raise FileNotFoundError(f"no trained model at {path}: train one first (danvae train ... --out DIR)")
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = load_weights(path, map_location=device)
         meta = state["meta"]
         det = cls(ModelConfig(**meta["model"]), image_size=meta["image_size"], channels=meta["channels"],
                   train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]))

@@ -195,10 +195,11 @@ def _detector_dir(model_dir: Path) -> Path:
 
 def _load_saved(path: Path, uri: str, device: str, mlflow_model: bool = True):
     from danvae.detector import Detector
+    from danvae.model_file import CorruptModelFileError, UnsafeModelFileError
 
     try:
         return Detector.load(path, device=device)
-    except FileNotFoundError:
+    except (FileNotFoundError, UnsafeModelFileError, CorruptModelFileError):
         raise
     except Exception as exc:  # noqa: BLE001 - a state dict or config this code does not know
         first = " ".join(str(exc).split())[:200] or type(exc).__name__

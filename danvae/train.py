@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from danvae.config import TrainConfig
+from danvae.model_file import load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 
 LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux")
@@ -208,7 +209,7 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_weights(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])

@@ -59,7 +59,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     again = Trainer(_model(0), TrainConfig(epochs=5, warmup_epochs=0, batch_size=8), tmp_path, progress=False)
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
         again.fit(bad)
-    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 
 
 def test_losses_fall_during_training():

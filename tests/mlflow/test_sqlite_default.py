@@ -170,7 +170,7 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
         info = run.log_model(trained.detector)
     model_dir = root / "mlartifacts" / "danvae" / "models" / info.model_id / "artifacts"
     pt = model_dir / "artifacts" / "detector" / "detector.pt"
-    state = torch.load(pt, weights_only=False)
+    state = torch.load(pt, weights_only=True)
     state["legacy_state_dict"] = state.pop("state_dict")
     torch.save(state, pt)
     with open(model_dir / "code" / "danvae" / "detector.py", "a") as fh:

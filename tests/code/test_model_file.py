@@ -1,0 +1,62 @@
+"""Model and checkpoint files are read as weights only: a crafted file never runs code."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a tampered detector.pt would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _craft(path, marker):
+    torch.save({"meta": {}, "state_dict": {}, "history": _Payload(marker)}, path)
+
+
+def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    _craft(tmp_path / "detector.pt", marker)
+    with pytest.raises(UnsafeModelFileError, match="beyond weights"):
+        load_weights(tmp_path / "detector.pt")
+    assert not marker.exists()
+
+
+def test_detector_load_and_the_cli_refuse_a_crafted_detector(tmp_path, capsys):
+    from danvae.cli import main
+    from danvae.detector import Detector
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    _craft(run / "detector.pt", marker)
+    with pytest.raises(UnsafeModelFileError):
+        Detector.load(run)
+    (tmp_path / "data").mkdir()
+    assert main(["score", "--model", str(run), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "beyond weights" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_truncated_file_is_reported_as_corrupt(tmp_path):
+    path = tmp_path / "detector.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptModelFileError, match="not a readable model file"):
+        load_weights(path)
+
+
+def test_real_files_still_load(tmp_path):
+    state = {"epoch": 3, "model": {"w": torch.ones(2)}, "history": [{"loss": 1.5}], "config": {"lr": 1e-3, "x": None}}
+    torch.save(state, tmp_path / "last.pt")
+    loaded = load_weights(tmp_path / "last.pt")
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
