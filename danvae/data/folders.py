@@ -1,9 +1,17 @@
 """Finding labelled images in a folder and packing them into one uint8 array.
 
-Layout: ``DIR/normal/**/*.png`` are normal, ``DIR/anomaly/<defect>/**`` are labelled
-anomalies of that defect kind; a folder with neither is a flat folder of unknowns.
-A top-level ``DIR/masks/``, or any ``masks/`` next to a ``ground_truth.csv`` (the
-synthetic generator's defect masks), is never taken for images.
+Layouts (:attr:`Scan.layout`), tried in this order:
+
+- ``"labelled"``: ``DIR/normal/**/*.png`` are normal, ``DIR/anomaly/<defect>/**`` are
+  labelled anomalies of that defect kind (defect masks may sit in ``DIR/masks/<defect>/``);
+- ``"mvtec"`` (MVTec AD): ``DIR/train/good/**`` and ``DIR/test/good/**`` are normal,
+  ``DIR/test/<defect>/**`` are anomalies of that kind (masks in ``DIR/ground_truth/<defect>/``);
+  recognised by ``train/good/`` or ``test/good/``, or ``test/`` beside ``ground_truth/``;
+- ``"flat"``: any other folder is a flat folder of unknowns.
+
+Masks are never taken for images: not ``DIR/masks/`` or ``DIR/ground_truth/``, nor, in a
+flat walk, a ``masks/`` next to a ``ground_truth.csv`` (the synthetic generator's) or a
+``ground_truth/`` next to a ``test/`` (an MVTec AD category inside the folder).
 
 Symlinks: a symlinked file that resolves inside ``DIR`` is listed; one that leaves
 ``DIR`` (or is broken) is refused and reported by :func:`scan`. Symlinked folders are
@@ -27,6 +35,9 @@ from tqdm import tqdm
 from danvae.images import IMAGE_SUFFIXES, ImageError, brightness, read_image
 
 MASKS_DIR = "masks"
+MVTEC_MASKS_DIR = "ground_truth"
+MVTEC_NORMAL = "good"
+MVTEC_SPLITS = ("train", "test")
 FOUND_COLUMNS = ["path", "label", "defect"]
 
 
@@ -42,6 +53,7 @@ class Scan:
     found: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None  # the folder itself is unusable (missing, not a folder, unreadable)
+    layout: str = "flat"  # "labelled" (normal/, anomaly/), "mvtec" (train/, test/) or "flat"
 
 
 def _inside(path: str, root_real: str) -> bool:
@@ -76,14 +88,27 @@ def _walk(folder: Path, root_real: str, skip_top: set[str], problems: list[tuple
                 if is_image_name:
                     out.append(path)
             elif entry.is_dir(follow_symlinks=False):
-                if entry.name in skip_top or (entry.name == MASKS_DIR and (folder / "ground_truth.csv").is_file()):
-                    continue  # defect masks (top level, or next to a generator's ground_truth.csv)
+                if entry.name in skip_top or (entry.name == MASKS_DIR and (folder / "ground_truth.csv").is_file()) \
+                        or (entry.name == MVTEC_MASKS_DIR and (folder / "test").is_dir()):
+                    continue  # defect masks (top level, next to a generator's ground_truth.csv, or MVTec's)
                 out += _walk(path, root_real, set(), problems)
             elif is_image_name:
                 out.append(path)  # regular or not (fifo, socket): the reader refuses non-regular files
         except OSError as exc:
             problems.append((str(path), f"unreadable entry: {exc.strerror or exc}"))
     return out
+
+
+def _is_mvtec(root: Path) -> bool:
+    return any((root / split / MVTEC_NORMAL).is_dir() for split in MVTEC_SPLITS) \
+        or ((root / "test").is_dir() and (root / MVTEC_MASKS_DIR).is_dir())
+
+
+def _label_mvtec(rel: tuple[str, ...]) -> tuple[str, str]:
+    """Label and defect of ``<split>/<rel...>``: ``good/`` is normal, another folder a defect."""
+    if len(rel) == 1:
+        return "unknown", ""  # directly in train/ or test/: MVTec AD puts nothing there
+    return ("normal", "") if rel[0] == MVTEC_NORMAL else ("anomaly", rel[0])
 
 
 def scan(data_dir: str | Path) -> Scan:
@@ -99,23 +124,31 @@ def scan(data_dir: str | Path) -> Scan:
     rows: list[dict] = []
     normal, anomaly = root / "normal", root / "anomaly"
     if normal.is_dir() or anomaly.is_dir():
-        for sub in (normal, anomaly):
-            if not sub.is_dir():
-                continue
-            if sub.is_symlink() and not _inside(os.path.realpath(sub), root_real):
-                target = os.path.realpath(sub)
-                problems.append((str(sub), f"symlink points outside the source folder (to {target}); refused"))
-                continue
-            for p in _walk(sub, root_real, set(), problems):
-                if sub is normal:
-                    rows.append({"path": str(p), "label": "normal", "defect": ""})
-                else:
-                    rel = p.relative_to(anomaly).parts
-                    rows.append({"path": str(p), "label": "anomaly", "defect": rel[0] if len(rel) > 1 else "unspecified"})
+        layout, subs = "labelled", [normal, anomaly]
+    elif _is_mvtec(root):
+        layout, subs = "mvtec", [root / split for split in MVTEC_SPLITS]
     else:
+        layout, subs = "flat", []
+    for sub in subs:
+        if not sub.is_dir():
+            continue
+        if sub.is_symlink() and not _inside(os.path.realpath(sub), root_real):
+            target = os.path.realpath(sub)
+            problems.append((str(sub), f"symlink points outside the source folder (to {target}); refused"))
+            continue
+        for p in _walk(sub, root_real, set(), problems):
+            rel = p.relative_to(sub).parts
+            if layout == "mvtec":
+                label, defect = _label_mvtec(rel)
+            elif sub is normal:
+                label, defect = "normal", ""
+            else:
+                label, defect = "anomaly", rel[0] if len(rel) > 1 else "unspecified"
+            rows.append({"path": str(p), "label": label, "defect": defect})
+    if layout == "flat":
         rows = [{"path": str(p), "label": "unknown", "defect": ""} for p in _walk(root, root_real, {MASKS_DIR}, problems)]
     found = pd.DataFrame(rows, columns=FOUND_COLUMNS) if rows else empty
-    return Scan(root, found, problems)
+    return Scan(root, found, problems, layout=layout)
 
 
 def discover(data_dir: str | Path) -> pd.DataFrame:

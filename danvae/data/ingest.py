@@ -10,8 +10,10 @@ Layout under ``out_dir``:
 - ``manifest.parquet``: one row per distinct image content, columns :data:`MANIFEST_COLUMNS`;
 - ``images.npy``: packed uint8 ``N×S×S×C``; manifest row with ``row == i`` is ``images[i]``;
 - ``store/<id[:2]>/<id><ext>``: each image's original bytes, once per content
-  (``stored_path`` is relative to ``out_dir``); masks are stored the same way and
-  ``mask_path`` (relative to ``out_dir``, or "") points at the stored copy;
+  (``stored_path`` is relative to ``out_dir``); defect masks are stored the same way and
+  ``mask_path`` (relative to ``out_dir``, or "") points at the stored copy. Where masks
+  are found and what a usable one is: :mod:`danvae.data.masks`; read them back with
+  :func:`danvae.data.masks.load_masks`;
 - ``quarantine.csv``: path, reason, batch, seen_at of every refused file (appended;
   the same path and reason is recorded once);
 - ``duplicates.csv``: path, id, duplicate_of, note, batch, seen_at.
@@ -20,9 +22,11 @@ Rules: ``id`` is the sha256 of the file bytes; content already in the manifest i
 stored or packed again (another path with it is a duplicate; the same path again is
 "unchanged"), so ingesting a folder twice adds nothing. The split comes from the id
 alone (:mod:`danvae.data.splits`). Bad files (and missing or empty source folders)
-never stop an ingest: each is quarantined with a one-line reason. Every file under
-``out_dir`` is replaced atomically (temp file + ``os.replace``), the images before the
-manifest, and rows are only appended, so a crash leaves the previous manifest usable.
+never stop an ingest: each is quarantined with a one-line reason. A bad mask (unreadable,
+another size than its image, not binary) is quarantined under the mask's path and its
+image is ingested without a mask. Every file under ``out_dir`` is replaced atomically
+(temp file + ``os.replace``), the images before the manifest, and rows are only
+appended, so a crash leaves the previous manifest usable.
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from danvae.config import FolderSource, SplitShares, SyntheticSource
-from danvae.data.folders import MASKS_DIR, DataError, scan
+from danvae.data.folders import DataError, scan
+from danvae.data.masks import MaskError, check_mask, find_masks
 from danvae.data.splits import split_of_many
 from danvae.images import ImageError, brightness, decode_image, read_file_bytes
 
@@ -173,12 +178,15 @@ def _process(job: tuple[str, str]) -> tuple:
         if mask:
             try:
                 mdata = read_file_bytes(mask)
-                decode_image(mdata, 16, 1)  # a mask must at least be a readable image
-                mid = hashlib.sha256(mdata).hexdigest()
-                mask_rel = f"{STORE}/{mid[:2]}/{mid}.png"
-                _write_bytes_once(Path(store) / mask_rel, mdata)
+                check_mask(mdata, info.width, info.height)
             except ImageError as exc:
-                mask_problem = f"mask unusable, image kept without it: {exc}"
+                mask_problem = f"mask unreadable: {str(exc).removeprefix('unreadable: ')}"
+            except MaskError as exc:
+                mask_problem = str(exc)
+            else:
+                mid = hashlib.sha256(mdata).hexdigest()
+                mask_rel = f"{STORE}/{mid[:2]}/{mid}{Path(mask).suffix.lower()}"
+                _write_bytes_once(Path(store) / mask_rel, mdata)
     return ("ok", digest, arr, info.width, info.height, info.channels, info.resized, stored, mask_rel, mask_problem)
 
 
@@ -289,17 +297,6 @@ def _repack(out_dir: Path, manifest: pd.DataFrame, size: int, channels: int, wor
 
 
 # ----------------------------------------------------------------------------- ingest
-def _mask_for(root: Path, path: str, label: str, defect: str) -> str:
-    """``masks/<defect>/<name>`` of an anomaly when it is a regular file inside the source tree."""
-    if label != "anomaly" or not defect:
-        return ""
-    cand = root / MASKS_DIR / defect / Path(path).name
-    real, root_real = os.path.realpath(cand), os.path.realpath(root)
-    if os.path.isfile(real) and real.startswith(root_real.rstrip(os.sep) + os.sep):
-        return str(cand)
-    return ""
-
-
 def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image_size: int, channels: int = 3,
            split: SplitShares | None = None, batch: str | None = None, progress: bool = False,
            workers: int | None = None) -> IngestResult:
@@ -352,11 +349,11 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
             log.warning("source %s: %s (%s)", name, EMPTY_SOURCE, folder)
             quarantine.append((str(folder), EMPTY_SOURCE))
             continue
-        has_masks = (Path(folder) / MASKS_DIR).is_dir()
-        for path, label, defect in found.found[["path", "label", "defect"]].itertuples(index=False):
+        masks = find_masks(found)
+        for (path, label, defect), mask in zip(found.found[["path", "label", "defect"]].itertuples(index=False), masks):
             if os.path.realpath(path).startswith(store_real):
                 continue  # our own store, reached through a source that contains out_dir
-            jobs.append((path, _mask_for(Path(folder), path, label, defect) if has_masks else ""))
+            jobs.append((path, mask))
             meta.append((str(name), path, label, defect))
 
     # 2. read, hash, decode, store (in workers)
@@ -381,7 +378,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
             continue
         _, _, arr, width, height, chans, resized, stored, mask_rel, mask_problem = res
         if mask_problem:
-            quarantine.append((mask, mask_problem))
+            quarantine.append((mask, f"{mask_problem}; image kept without a mask"))
         known_path[digest], known_label[digest] = path, f"{label}/{defect}"
         rows.append(dict(id=digest, path=path, source=source, label=label, defect=defect, width=width,
                          height=height, channels=chans, resized=resized, batch=batch, ingested_at=stamp,
