@@ -11,12 +11,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 from pydantic import ValidationError
 
 from danvae.cli_promote import add_promote_parser
-from danvae.config import ModelConfig, ScoreConfig, TrainConfig
+from danvae.config import ModelConfig, ModelName, ScoreConfig, TrainConfig
 from danvae.data.folders import DataError, discover, pack
 from danvae.detector import Detector
 from danvae.evaluate import EvaluationError, evaluate_scores
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a detector on DIR/normal and DIR/anomaly/<defect>")
     t.add_argument("--data", required=True)
-    t.add_argument("--model", default="danvae", choices=["danvae", "vae", "dpvae"])
+    t.add_argument("--model", default="danvae", choices=list(get_args(ModelName)))
     t.add_argument("--out", required=True)
     t.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     t.add_argument("--warmup-epochs", type=int, default=TrainConfig().warmup_epochs)

@@ -9,8 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ModelName = Literal["danvae", "vae", "dpvae"]
-ScoreKind = Literal["auto", "kl_zx", "llr_zx", "elbo", "recon", "recon_max"]
+ModelName = Literal["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
+ScoreKind = Literal["auto", "kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max",
+                    "ssim_max", "head_max", "fused"]
+DEFECT_FAMILIES = ("blob_texture", "blob_shift", "line", "dots", "cutpaste", "seamless")
 
 
 class _Strict(BaseModel):
@@ -19,13 +21,47 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: ModelName = "danvae"
-    zx_dim: int = Field(24, ge=1, le=1024)
+    zx_dim: int = Field(8, ge=1, le=1024, description="z_x size: channels per location (spatial) or vector size (global)")
     zy_dim: int = Field(8, ge=1, le=256)
     anomaly_mean: float = Field(10.0, gt=0, description="m in the anomaly prior N(m·1, I)")
-    smooth_kernel: int = Field(5, ge=1, le=63, description="box size for recon_max")
-    likelihood: Literal["sse", "calibrated"] = Field(
-        "sse", description="decoder variance: sse (fixed, the reference) or calibrated (optimal σ, σ-VAE)"
+    smooth_kernel: int = Field(5, ge=1, le=63, description="box size of the smoothed maximum of every local map")
+    likelihood: Literal["auto", "sse", "calibrated"] = Field(
+        "auto", description="decoder variance: sse (fixed, the reference) or calibrated (optimal σ, σ-VAE); "
+                            "auto = calibrated for the spatial models, sse for the global ones"
     )
+    top_k: float = Field(0.05, gt=0, le=1, description="share of z_x locations the dual prior pulls on an anomaly with no mask")
+    head: bool = Field(True, description="spatial models: train the anomaly head (the head_max score)")
+    adversary: float = Field(
+        1.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
+    )
+
+    @property
+    def spatial(self) -> bool:
+        return not self.name.endswith("-global")
+
+    def resolved_likelihood(self) -> str:
+        if self.likelihood != "auto":
+            return self.likelihood
+        return "calibrated" if self.spatial else "sse"
+
+
+class SyntheticDefectConfig(_Strict):
+    """Defects pasted on the fly onto training normals, with exact masks (spatial models)."""
+
+    share: float = Field(0.5, ge=0, le=1, description="share of normal images per batch that get a synthetic defect")
+    families: list[Literal[DEFECT_FAMILIES]] = Field(default_factory=lambda: list(DEFECT_FAMILIES))  # type: ignore[valid-type]
+    strength: float = Field(1.0, gt=0, le=2, description="scales every family's change")
+    denoise: bool = Field(True, description="the VAE reconstructs the clean image from the defective one (DRAEM)")
+
+
+class LightingConfig(_Strict):
+    """Relighting of training normals: gain, gamma and a gradient."""
+
+    share: float = Field(0.3, ge=0, le=1, description="share of normal images per batch relit")
+    gain: tuple[float, float] = (0.35, 1.3)
+    gamma: tuple[float, float] = (0.75, 1.35)
+    gradient: float = Field(0.3, ge=0, le=1)
+    noise: float = Field(0.02, ge=0, le=0.2, description="largest sensor noise σ added (absolute, in [0, 1] units)")
 
 
 class TrainConfig(_Strict):
@@ -44,9 +80,22 @@ class TrainConfig(_Strict):
         1, ge=1, le=100,
         description="passes over the labelled anomalies per epoch after warm-up (reference: 1)",
     )
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over epochs")
+    crop: int | None = Field(
+        32, ge=16, description="spatial models: normal images train as random crops of this side (4× cheaper "
+                               "steps at 32 of 64 px); None = whole images"
+    )
+    synthetic: SyntheticDefectConfig = SyntheticDefectConfig()
+    lighting: LightingConfig = LightingConfig()
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+
+    @model_validator(mode="after")
+    def _crop_is_a_power_of_two(self) -> "TrainConfig":
+        if self.crop is not None and self.crop & (self.crop - 1):
+            raise ValueError(f"crop must be a power of two (e.g. 32) or null, got {self.crop}")
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":
@@ -67,6 +116,12 @@ class ScoreConfig(_Strict):
         True, description="subtract the normal images' score trend over brightness (fitted on validation normals)"
     )
     val_share: float = Field(0.2, ge=0.05, le=0.5, description="held-out share for threshold and score choice")
+    min_val_anomalies: int = Field(
+        30, ge=2, description="auto: another kind than the model's default is chosen only with this many validation anomalies ..."
+    )
+    choice_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="... and when it beats the default in this share of bootstrap resamples"
+    )
     batch_size: int = Field(256, ge=1)
 
 

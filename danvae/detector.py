@@ -20,11 +20,13 @@ from sklearn.model_selection import train_test_split
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
-from danvae.models import SCORE_KINDS, AnomalyVAE, build_model
-from danvae.scoring import calibrate_threshold, choose_score_kind, fit_brightness_trend, score_images
+from danvae.models import AnomalyVAE, build_model
+from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
+                            fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, score_images)
 from danvae.train import Trainer, TrainingData
 
 DETECTOR_FILE = "detector.pt"
+VAL_POINTS = 20  # validation AUROC is tracked at about this many epochs of a run
 
 
 def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,44 +52,60 @@ class Detector:
         self.threshold: float | None = None
         self.threshold_method: str | None = None
         self.val_aurocs: dict[str, float] = {}
+        self.val_auroc_interval: tuple[float, float] | None = None
+        self.kind_choice: str | None = None
+        self.fusion: dict[str, list[float]] | None = None
         self.brightness_trend: list[float] | None = None
+        self.brightness_spread: list[float] | None = None
         self.history: list[dict[str, float]] = []
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
             val_images: np.ndarray | None = None, val_is_anomaly: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, progress: bool | None = None,
-            on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None) -> "Detector":
-        """Train on ``images`` (labelled anomalies marked in ``is_anomaly``), holding out a
-        validation share to choose the score kind and calibrate the threshold (or using
-        ``val_images`` / ``val_is_anomaly`` when given). Checkpoints go to ``checkpoint_dir``
-        (default ``run_dir``); a run finds its last checkpoint there and resumes."""
+            on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None,
+            masks: np.ndarray | None = None, has_mask: np.ndarray | None = None) -> "Detector":
+        """Train on ``images`` (labelled anomalies marked in ``is_anomaly``, their defect pixels
+        in ``masks`` N×S×S where ``has_mask``), holding out a validation share to choose the
+        score kind and calibrate the threshold (or using ``val_images`` / ``val_is_anomaly``
+        when given). Checkpoints go to ``checkpoint_dir`` (default ``run_dir``); a run finds
+        its last checkpoint there and resumes."""
         images = fit_to(images, self.image_size, self.channels)
         is_anomaly = np.zeros(len(images), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
         if len(images) != len(is_anomaly):
             raise ValueError(f"{len(images)} images but {len(is_anomaly)} labels")
+        if masks is not None:
+            masks = np.asarray(masks, bool)
+            if masks.shape != (len(images), self.image_size, self.image_size):
+                raise ValueError(f"masks must be N×{self.image_size}×{self.image_size} like the images, got {masks.shape}")
+            has_mask = np.ones(len(images), bool) if has_mask is None else np.asarray(has_mask, bool)
         if int((~is_anomaly).sum()) < 2:
             raise ValueError("at least two normal images are needed to train and calibrate")
         if val_images is None:
             tr, va = holdout_split(is_anomaly, self.score_config.val_share, self.train_config.seed)
             images, val_images = images[tr], images[va]
             is_anomaly, val_labels = is_anomaly[tr], is_anomaly[va]
+            if masks is not None:
+                masks, has_mask = masks[tr], has_mask[tr]
         else:
             val_images = fit_to(val_images, self.image_size, self.channels)
             val_labels = np.zeros(len(val_images), bool) if val_is_anomaly is None else np.asarray(val_is_anomaly, bool)
         if len(val_images) == 0:
             raise ValueError("no validation images to calibrate the threshold on")
         data = TrainingData.from_arrays(images, brightness(images), is_anomaly, self.train_config.sup_ratio,
-                                        self.train_config.seed)
+                                        self.train_config.seed, masks=masks, has_mask=has_mask)
         torch.manual_seed(self.train_config.seed)
         self.model = build_model(self.model_config, self.channels, self.image_size)
         val_y = brightness(val_images)
 
+        val_every = max(1, self.train_config.epochs // VAL_POINTS)
+
         def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
             extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}
-            if val_labels.any() and (~val_labels).any():
+            due = (epoch + 1) % val_every == 0 or epoch + 1 == self.train_config.epochs
+            if due and val_labels.any() and (~val_labels).any():
                 table, _ = score_images(self.model, val_images, val_y, self.score_config.batch_size)
-                extra["val_auroc"] = max(float(roc_auc_score(val_labels, table[k])) for k in SCORE_KINDS)
+                extra["val_auroc"] = float(roc_auc_score(val_labels, table[default_kind(self.model)]))
             return extra
 
         trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track_validation)
@@ -100,13 +118,25 @@ class Detector:
     def calibrate(self, images: np.ndarray, is_anomaly: np.ndarray) -> "Detector":
         """Choose the score kind and the threshold on held-out images."""
         is_anomaly = np.asarray(is_anomaly, bool)
+        model = self._require_fitted()
+        self.fusion = None
         table = self.score_table(images, with_decision=False)
-        kind, self.val_aurocs = choose_score_kind(table, is_anomaly, self.model_config.name)
-        self.score_kind = kind if self.score_config.kind == "auto" else self.score_config.kind
-        self.brightness_trend = None
+        self.fusion = fit_fusion(table[~is_anomaly])
+        table["fused"] = fuse(table, self.fusion)
+        cfg = self.score_config
+        choice = choose_score_kind(table, is_anomaly, default_kind(model), cfg.min_val_anomalies, cfg.choice_confidence,
+                                   seed=self.train_config.seed)
+        self.val_aurocs, self.val_auroc_interval = choice.aurocs, choice.interval
+        self.score_kind = choice.kind if cfg.kind == "auto" else cfg.kind
+        self.kind_choice = choice.how if cfg.kind == "auto" else "score.kind in the configuration"
+        self.brightness_trend = self.brightness_spread = None
         if self.score_config.brightness_adjust and int((~is_anomaly).sum()) >= 10:
             normal = table[~is_anomaly]
             self.brightness_trend = fit_brightness_trend(normal[self.score_kind], normal["brightness"])
+            residual = brightness_adjusted(normal[self.score_kind], normal["brightness"], self.brightness_trend)
+            spread = fit_brightness_spread(residual, normal["brightness"])
+            if np.polyval(spread, 0.5) > 0:
+                self.brightness_spread = spread
         self.threshold, self.threshold_method = calibrate_threshold(
             self._decision_score(table), is_anomaly, self.score_config.normal_quantile,
             self.score_config.max_val_fpr)
@@ -115,10 +145,8 @@ class Detector:
     # ---- scoring -----------------------------------------------------------------
     def _decision_score(self, table: pd.DataFrame) -> np.ndarray:
         """The chosen score kind, less its normal-image trend over brightness when one was fitted."""
-        score = table[self.score_kind].to_numpy(dtype=np.float64)
-        if self.brightness_trend is not None:
-            score = score - np.polyval(self.brightness_trend, table["brightness"].to_numpy())
-        return score
+        return brightness_adjusted(table[self.score_kind].to_numpy(dtype=np.float64), table["brightness"].to_numpy(),
+                                   self.brightness_trend, self.brightness_spread)
 
     def _require_fitted(self) -> AnomalyVAE:
         if self.model is None:
@@ -131,7 +159,10 @@ class Detector:
         model = self._require_fitted()
         images = fit_to(images, self.image_size, self.channels)
         y = brightness(images) if len(images) else np.zeros(0)
-        table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps)
+        map_kind = heatmap_kind(self.score_kind or default_kind(model), model)
+        table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps,
+                                   heatmap_kind=map_kind)
+        table["fused"] = fuse(table, self.fusion)
         table.insert(0, "brightness", y)
         if with_decision and self.score_kind is not None:
             table.insert(1, "score", self._decision_score(table))
@@ -147,7 +178,8 @@ class Detector:
         return self.score_table(images)["is_anomaly"].to_numpy()
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        """Per-pixel reconstruction error, N×H×W at the model's image size."""
+        """The per-pixel map behind the score kind (the anomaly head's for head_max and fused),
+        N×H×W at the model's image size."""
         return self.score_table(images, heatmaps=True)[1]
 
     @torch.no_grad()
@@ -170,6 +202,8 @@ class Detector:
             "score": self.score_config.model_dump(), "image_size": self.image_size, "channels": self.channels,
             "score_kind": self.score_kind, "threshold": self.threshold, "threshold_method": self.threshold_method,
             "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
+            "brightness_spread": self.brightness_spread,
+            "val_auroc_interval": self.val_auroc_interval, "kind_choice": self.kind_choice, "fusion": self.fusion,
         }
 
     def save(self, run_dir: str | Path) -> Path:
@@ -197,5 +231,10 @@ class Detector:
         det.score_kind, det.threshold = meta["score_kind"], meta["threshold"]
         det.threshold_method, det.val_aurocs = meta["threshold_method"], meta["val_aurocs"]
         det.brightness_trend = meta.get("brightness_trend")
+        det.brightness_spread = meta.get("brightness_spread")
+        det.fusion = meta.get("fusion")
+        interval = meta.get("val_auroc_interval")
+        det.val_auroc_interval = tuple(interval) if interval else None
+        det.kind_choice = meta.get("kind_choice")
         det.history = state.get("history", [])
         return det

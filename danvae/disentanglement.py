@@ -158,15 +158,15 @@ def traversal_images(detector, images: np.ndarray, steps: int = 7, *, reference_
     ref_y = brightness(ref) if reference_brightness is None else np.asarray(reference_brightness, float)
     line = brightness_line(detector.latents(ref)["z_y"], ref_y)
     z_ys = torch.as_tensor(line.at(line.levels(steps)), dtype=torch.float32)  # steps×dy
-    z_x = torch.as_tensor(detector.latents(images)["z_x"], dtype=torch.float32)  # N×dx
     model.eval()
     device = next(model.parameters()).device
-    n = len(z_x)
-    zx_rep = z_x.repeat_interleave(steps, dim=0)  # N·steps×dx, image-major
+    n = len(images)
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    x_rep = x_all.repeat_interleave(steps, dim=0)  # N·steps images, image-major
     zy_rep = z_ys.repeat(n, 1)
     out = []
-    for start in range(0, len(zx_rep), 256):
-        x = model.decode(zx_rep[start:start + 256].to(device), zy_rep[start:start + 256].to(device))
+    for start in range(0, len(x_rep), 256):
+        x = model.decode_with_nuisance(x_rep[start:start + 256].to(device), zy_rep[start:start + 256].to(device))
         out.append(x.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
     decoded = np.concatenate(out) if out else np.zeros((0, detector.image_size, detector.image_size, detector.channels))
     decoded = np.rint(decoded * 255).astype(np.uint8)

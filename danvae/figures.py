@@ -152,7 +152,7 @@ def reconstructions_figure(originals: np.ndarray, reconstructions: np.ndarray, p
 
 def heatmaps_figure(images: np.ndarray, heatmaps: np.ndarray, path: str | Path, masks: np.ndarray | None = None,
                     titles: Sequence[str] | None = None) -> Path:
-    """Per image (a column): the image, its reconstruction-error heatmap over it, the defect
+    """Per image (a column): the image, its anomaly heatmap over it, the defect
     mask (when given). One colour scale for all heatmaps, so intensities compare."""
     n = len(images)
     rows = 3 if masks is not None else 2
@@ -177,7 +177,7 @@ def heatmaps_figure(images: np.ndarray, heatmaps: np.ndarray, path: str | Path, 
         bar.set_label("squared error", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     axes[0, 0].set_ylabel("image", fontsize=8)
-    axes[1, 0].set_ylabel("error heatmap", fontsize=8)
+    axes[1, 0].set_ylabel("anomaly map", fontsize=8)
     if masks is not None:
         axes[2, 0].set_ylabel("defect mask", fontsize=8)
     fig.suptitle("Where the model sees the defect", fontsize=9)

@@ -40,7 +40,7 @@ FIGURES = {
     "auroc_by_brightness": "AUROC and AUPRC per brightness quintile",
     "score_vs_brightness": "Anomaly score against brightness (normal images)",
     "reconstructions": "Reconstructions",
-    "heatmaps": "Error heatmaps over defective images",
+    "heatmaps": "Anomaly heatmaps (the map behind the score kind) over defective images",
     "zy_traversal": "z_y traversal along brightness",
 }
 METRIC_KEYS = (

@@ -1,40 +1,64 @@
-"""Anomaly scores for batches of images, the decision threshold, and the default score kind.
+"""Anomaly scores for batches of images, the decision threshold, and the score kind.
 
-    table, heatmaps = score_images(model, images_nhwc, y)       # one column per score kind
-    kind = choose_score_kind(val_table, val_labels, model.name)  # best validation AUROC
-    threshold, how = calibrate_threshold(val_table[kind], val_labels)
+    table, heatmaps = score_images(model, images_nhwc, y, heatmap_kind="head_max")
+    stats = fit_fusion(val_table[val_labels == 0]); table["fused"] = fuse(table, stats)
+    choice = choose_score_kind(val_table, val_labels, default_kind(model))
+    threshold, how = calibrate_threshold(val_table[choice.kind], val_labels)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from danvae.models.base import SCORE_KINDS, AnomalyVAE
+from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
 
-# Used when validation holds no anomaly to choose by: the score on the disentangled
-# anomaly-relevant latent for DAn-VAE, the plain negative ELBO for the baselines.
-FALLBACK_KIND = {"danvae": "kl_zx", "dpvae": "kl_zx", "vae": "elbo"}
+# The documented default kind of each model: used unless validation holds enough anomalies
+# to show, beyond resampling noise, that another kind ranks them better.
+DEFAULT_KIND = {"danvae": "head_max", "dpvae": "head_max", "vae": "head_max",
+                "danvae-global": "kl_zx", "dpvae-global": "kl_zx", "vae-global": "elbo"}
+NO_HEAD_KIND = "recon_norm_max"  # spatial models trained without the head
+FUSED_PARTS = ("head_max", "recon_norm_max", "kl_zx_max")
+HEATMAP_FALLBACK = "recon_max"
+
+
+def default_kind(model: AnomalyVAE) -> str:
+    """The score kind a model is judged by when validation cannot tell kinds apart."""
+    if model.spatial and model.head is None:
+        return NO_HEAD_KIND
+    return DEFAULT_KIND[model.name]
+
+
+def heatmap_kind(kind: str, model: AnomalyVAE) -> str:
+    """The map behind a score kind (the fused score shows the head's map, or the normalised error)."""
+    if kind == "fused":
+        return "head_max" if model.head is not None else NO_HEAD_KIND
+    return kind if kind.endswith("_max") and kind in MODEL_SCORE_KINDS else HEATMAP_FALLBACK
 
 
 @torch.no_grad()
 def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batch_size: int = 256,
-                 keep_heatmaps: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Every score kind for each image (rows aligned with ``images_nhwc``), and optionally heatmaps."""
+                 keep_heatmaps: bool = False, heatmap_kind: str = HEATMAP_FALLBACK
+                 ) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Every model score kind for each image (rows aligned with ``images_nhwc``), and optionally
+    the per-pixel map of ``heatmap_kind`` (N×H×W)."""
     device = next(model.parameters()).device
     model.eval()
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_KINDS}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_SCORE_KINDS}
     maps: list[np.ndarray] = []
     for start in range(0, len(images_nhwc), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start:start + batch_size]))
         x = chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
         yy = torch.as_tensor(y[start:start + batch_size], dtype=torch.float32, device=device)
-        scores, err_map = model.scores(x, yy)
-        for k in SCORE_KINDS:
+        scores, kind_maps = model.scores(x, yy)
+        for k in MODEL_SCORE_KINDS:
             columns[k].append(scores[k].float().cpu().numpy())
         if keep_heatmaps:
-            maps.append(err_map.float().cpu().numpy())
+            m = kind_maps.get(heatmap_kind, kind_maps[HEATMAP_FALLBACK])
+            maps.append(m.float().cpu().numpy())
     table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()})
     heatmaps = np.concatenate(maps) if keep_heatmaps and maps else None
     return table, heatmaps
@@ -52,17 +76,103 @@ def fit_brightness_trend(scores: np.ndarray, brightness: np.ndarray, degree: int
     return [float(c) for c in reg.coef_] + [float(reg.intercept_)]
 
 
+def fit_brightness_spread(residuals: np.ndarray, brightness: np.ndarray, quantile: float = 0.9) -> list[float]:
+    """The ``quantile`` of normal images' trend-free scores as a line in brightness: how far
+    normal scores reach above their median at each brightness. Dividing by it gives dark
+    images (noisier, so more spread) the same false-alarm rate as bright ones."""
+    from sklearn.linear_model import QuantileRegressor
+
+    y = np.asarray(brightness, dtype=np.float64)[:, None]
+    reg = QuantileRegressor(quantile=quantile, alpha=0.0, solver="highs").fit(y, np.asarray(residuals, np.float64))
+    return [float(reg.coef_[0]), float(reg.intercept_)]
+
+
+def brightness_adjusted(scores: np.ndarray, brightness: np.ndarray, trend: list[float] | None,
+                        spread: list[float] | None = None) -> np.ndarray:
+    """Scores less their normal median trend over brightness, in units of the normal spread."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if trend is None:
+        return scores
+    b = np.asarray(brightness, dtype=np.float64)
+    out = scores - np.polyval(trend, b)
+    if spread is not None:
+        # floored at a tenth of the spread at mid brightness, so an extrapolated line never divides by ~0
+        reach = np.polyval(spread, b)
+        out = out / np.maximum(reach, 0.1 * max(float(np.polyval(spread, 0.5)), 1e-12))
+    return out
+
+
+def fit_fusion(normal_table: pd.DataFrame) -> dict[str, list[float]]:
+    """Median and robust spread (IQR / 1.349) of each local kind over normal images, to put
+    kinds on one scale before fusing them."""
+    stats = {}
+    for k in FUSED_PARTS:
+        v = normal_table[k].to_numpy(dtype=np.float64) if k in normal_table else np.zeros(0)
+        if len(v) >= 2 and np.isfinite(v).all():
+            q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+            stats[k] = [float(q50), float(max((q75 - q25) / 1.349, 1e-12))]
+    return stats
+
+
+def fuse(table: pd.DataFrame, stats: dict[str, list[float]] | None) -> np.ndarray:
+    """Mean of the standardised local kinds (NaN when no stats were fitted)."""
+    if not stats:
+        return np.full(len(table), np.nan)
+    parts = [(table[k].to_numpy(dtype=np.float64) - c) / s for k, (c, s) in stats.items()]
+    return np.mean(parts, axis=0)
+
+
 def _has_both_classes(labels: np.ndarray) -> bool:
     return bool(labels.any() and (~labels).any())
 
 
-def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, model_name: str) -> tuple[str, dict[str, float]]:
-    """The score kind with the best validation AUROC, or the model's fallback without anomalies."""
+@dataclass
+class KindChoice:
+    kind: str
+    how: str  # why this kind: "default", "validation", or why validation could not decide
+    aurocs: dict[str, float] = field(default_factory=dict)  # validation AUROC of every finite kind
+    interval: tuple[float, float] | None = None  # 95 % bootstrap interval of the chosen kind's AUROC
+
+
+def _bootstrap_aurocs(table: pd.DataFrame, labels: np.ndarray, kinds: list[str], n: int, seed: int) -> np.ndarray:
+    """n × len(kinds) AUROCs on resamples (stratified, so each holds both classes)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    values = table[kinds].to_numpy(dtype=np.float64)
+    out = np.empty((n, len(kinds)))
+    for i in range(n):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        lab = labels[idx]
+        out[i] = [roc_auc_score(lab, values[idx, j]) for j in range(len(kinds))]
+    return out
+
+
+def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, default: str, min_anomalies: int = 30,
+                      confidence: float = 0.95, n_boot: int = 200, seed: int = 0) -> KindChoice:
+    """The model's ``default`` kind, unless validation holds at least ``min_anomalies`` anomalies
+    and another kind beats the default's AUROC in ``confidence`` of paired bootstrap resamples
+    (then the best such kind). Validation AUROC is reported with its 95 % interval."""
     is_anomaly = np.asarray(is_anomaly, dtype=bool)
     if not _has_both_classes(is_anomaly):
-        return FALLBACK_KIND[model_name], {}
-    aurocs = {k: float(roc_auc_score(is_anomaly, table[k])) for k in SCORE_KINDS if np.isfinite(table[k]).all()}
-    return max(aurocs, key=aurocs.get), aurocs
+        return KindChoice(default, "default: validation holds no anomaly")
+    kinds = [k for k in table.columns if k in (*MODEL_SCORE_KINDS, "fused") and np.isfinite(table[k]).all()]
+    aurocs = {k: float(roc_auc_score(is_anomaly, table[k])) for k in kinds}
+    if default not in aurocs:
+        default = max(aurocs, key=aurocs.get)
+    boot = _bootstrap_aurocs(table, is_anomaly, kinds, n_boot, seed)
+    chosen, how = default, "default"
+    n_anomalies = int(is_anomaly.sum())
+    if n_anomalies < min_anomalies:
+        how = f"default: {n_anomalies} validation anomalies < {min_anomalies} to choose by"
+    else:
+        base = boot[:, kinds.index(default)]
+        wins = {k: float((boot[:, j] > base).mean()) for j, k in enumerate(kinds) if k != default}
+        better = [k for k, w in wins.items() if w >= confidence]
+        if better:
+            chosen = max(better, key=aurocs.get)
+            how = f"validation: beats {default} in {wins[chosen]:.0%} of resamples"
+    col = boot[:, kinds.index(chosen)]
+    return KindChoice(chosen, how, aurocs, (float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))))
 
 
 def calibrate_threshold(scores: np.ndarray, is_anomaly: np.ndarray, normal_quantile: float = 0.99,

@@ -13,7 +13,7 @@ plain list).
 
 Output: a DataFrame, one row per image, columns :data:`OUTPUT_COLUMNS`: ``brightness``,
 ``score`` (the detector's calibrated score kind), ``is_anomaly`` (``score >= threshold``)
-and every score kind (``kl_zx``, ``llr_zx``, ``elbo``, ``recon``, ``recon_max``). The
+and every score kind (:data:`danvae.models.SCORE_KINDS`: ``head_max``, ``recon_max``, ``kl_zx``, ...). The
 score kind, threshold and image size are in the MLmodel ``metadata``.
 
 Serving (``mlflow models serve -m models:/danvae@champion --env-manager local``)::

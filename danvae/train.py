@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from danvae.augment import relight, synthesize_defects
+from danvae.augment.lighting import brightness_of
 from danvae.config import TrainConfig
 from danvae.model_file import load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 
-LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux")
+LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux", "head", "adversary")
 REFERENCE_PIXELS = 3 * 128 * 128
 REFERENCE_ALPHA = 3500.0
 
@@ -43,19 +46,29 @@ class TrainingData:
     y: torch.Tensor
     y_known: torch.Tensor
     anomaly: torch.Tensor
+    masks: torch.Tensor | None = None  # N×H×W bool defect masks of labelled anomalies
+    has_mask: torch.Tensor | None = None  # N bool: the image's mask is known
 
     @classmethod
     def from_arrays(cls, images_nhwc: np.ndarray, y: np.ndarray, anomaly: np.ndarray,
-                    sup_ratio: float = 1.0, seed: int = 0, y_known: np.ndarray | None = None) -> "TrainingData":
-        """Pack arrays; ``sup_ratio`` of the images (chosen by seed) keep their nuisance label."""
+                    sup_ratio: float = 1.0, seed: int = 0, y_known: np.ndarray | None = None,
+                    masks: np.ndarray | None = None, has_mask: np.ndarray | None = None) -> "TrainingData":
+        """Pack arrays; ``sup_ratio`` of the images (chosen by seed) keep their nuisance label.
+        ``masks`` (N×H×W bool) with ``has_mask`` give the defect pixels of labelled anomalies."""
         n = len(images_nhwc)
         if y_known is None:
             rng = np.random.default_rng(seed)
             y_known = np.zeros(n, dtype=bool)
             y_known[rng.permutation(n)[: int(round(sup_ratio * n))]] = True
         images = torch.from_numpy(np.ascontiguousarray(np.asarray(images_nhwc, dtype=np.uint8).transpose(0, 3, 1, 2)))
+        anomaly_t = torch.tensor(np.asarray(anomaly), dtype=torch.bool)
+        masks_t = has_mask_t = None
+        if masks is not None:
+            masks_t = torch.from_numpy(np.ascontiguousarray(np.asarray(masks, dtype=bool)))
+            known = np.ones(n, bool) if has_mask is None else np.asarray(has_mask, bool)
+            has_mask_t = torch.tensor(known, dtype=torch.bool) & anomaly_t
         return cls(images, torch.tensor(np.asarray(y), dtype=torch.float32),
-                   torch.tensor(np.asarray(y_known), dtype=torch.bool), torch.tensor(np.asarray(anomaly), dtype=torch.bool))
+                   torch.tensor(np.asarray(y_known), dtype=torch.bool), anomaly_t, masks_t, has_mask_t)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -78,6 +91,14 @@ def default_alpha(channels: int, image_size: int) -> float:
     """The reference α = 3500 was set for 128×128 RGB; scale it with the pixel count,
     since the reconstruction term it balances is a sum over pixels."""
     return REFERENCE_ALPHA * channels * image_size * image_size / REFERENCE_PIXELS
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The epoch's learning rate: constant, or cosine from ``lr`` down to ``lr``/20 at the last epoch."""
+    if cfg.lr_schedule == "constant" or cfg.epochs <= 1:
+        return cfg.lr
+    floor = cfg.lr / 20
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
 
 
 def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -> LossWeights:
@@ -137,7 +158,65 @@ class Trainer:
     def _batch(self, data: TrainingData, idx: torch.Tensor) -> Batch:
         dev = self.device
         x = data.images[idx].to(dev, non_blocking=True).float().div_(255.0)
-        return Batch(x=x, y=data.y[idx].to(dev), y_known=data.y_known[idx].to(dev), anomaly=data.anomaly[idx].to(dev))
+        batch = Batch(x=x, y=data.y[idx].to(dev), y_known=data.y_known[idx].to(dev), anomaly=data.anomaly[idx].to(dev))
+        if self.model.head is not None:
+            if data.masks is not None:
+                batch.mask, batch.has_mask = data.masks[idx].to(dev), data.has_mask[idx].to(dev)
+            else:
+                batch.mask = torch.zeros(len(idx), *x.shape[-2:], dtype=torch.bool, device=dev)
+                batch.has_mask = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+        return batch
+
+    def _crops(self, side: int) -> bool:
+        return self.model.head is not None and self.cfg.crop is not None and self.cfg.crop < side
+
+    def _crop(self, batch: Batch, top: list[int], left: list[int]) -> Batch:
+        c = self.cfg.crop
+        batch.x = torch.stack([batch.x[i, :, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
+        if batch.mask is not None:
+            batch.mask = torch.stack([batch.mask[i, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
+        batch.y = brightness_of(batch.x)  # the crop's own brightness: the label is a measurement
+        return batch
+
+    def _crop_around_defects(self, batch: Batch, gen: torch.Generator) -> Batch:
+        """Crops of labelled anomalies that keep the defect's centre well inside."""
+        c, side = self.cfg.crop, batch.x.shape[-1]
+        jitter = torch.randint(-(c // 4), c // 4 + 1, (len(batch.x), 2), generator=gen)
+        top, left = [], []
+        for i, m in enumerate(batch.mask):
+            pts = torch.nonzero(m).float()
+            cy, cx = pts.mean(dim=0).tolist() if len(pts) else (side / 2, side / 2)
+            top.append(int(min(max(cy - c / 2 + int(jitter[i, 0]), 0), side - c)))
+            left.append(int(min(max(cx - c / 2 + int(jitter[i, 1]), 0), side - c)))
+        return self._crop(batch, top, left)
+
+    def _augment_normals(self, batch: Batch, gen: torch.Generator) -> Batch:
+        """Relight a share of the normal images and paste synthetic defects on another share;
+        the head learns their masks, and (``denoise``) the VAE reconstructs the clean image."""
+        cfg = self.cfg
+        n, side = len(batch.x), batch.x.shape[-1]
+        if self._crops(side):
+            top = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
+            left = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
+            batch = self._crop(batch, top, left)
+        x = batch.x
+        relit = (torch.rand(n, generator=gen) < cfg.lighting.share).to(x.device)
+        if relit.any():
+            lit = relight(x[relit], gen, cfg.lighting.gain, cfg.lighting.gamma, cfg.lighting.gradient, cfg.lighting.noise)
+            x = x.clone()
+            x[relit] = lit
+            batch.y = torch.where(relit, brightness_of(x), batch.y)
+        clean = x
+        mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
+        bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
+        if bad.any():
+            damaged, m = synthesize_defects(x[bad], gen, cfg.synthetic.families, cfg.synthetic.strength, side)
+            x = x.clone()
+            x[bad], mask[bad] = damaged, m
+        batch.x, batch.mask = x, mask
+        batch.has_mask = torch.ones(n, dtype=torch.bool, device=x.device)
+        batch.target = clean if cfg.synthetic.denoise else None
+        return batch
 
     def _step(self, batch: Batch, weights: LossWeights, epoch: int) -> torch.Tensor:
         with self._autocast():
@@ -151,7 +230,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        return torch.stack([terms[k].detach().float() for k in LOSS_TERMS]) * len(batch.x)
+        zero = torch.zeros((), device=self.device)
+        return torch.stack([terms.get(k, zero).detach().float() for k in LOSS_TERMS]) * len(batch.x)
 
     def run_epoch(self, data: TrainingData, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -159,20 +239,31 @@ class Trainer:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         weights = loss_weights(cfg, epoch, data.images.shape[1], data.images.shape[-1])
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
+        augment = self.model.head is not None
         self.model.train()
         sums = torch.zeros(len(LOSS_TERMS), device=self.device)
         seen = 0
         anomalies = torch.nonzero(data.anomaly).flatten()
         normals = torch.nonzero(~data.anomaly).flatten()
         if epoch >= cfg.warmup_epochs and self.model.uses_anomalies and len(anomalies):
+            # Anomalies with a known mask train on crops around their defect; the others whole.
+            crop = self._crops(data.images.shape[-1]) and data.has_mask is not None
+            masked = data.has_mask[anomalies] if crop else torch.zeros(len(anomalies), dtype=torch.bool)
             with frozen(self.model.decoder):
                 for _ in range(cfg.anomaly_repeats):
-                    order = anomalies[torch.randperm(len(anomalies), generator=gen)]
-                    for idx in _batches(order, cfg.batch_size):
-                        self._step(self._batch(data, idx), weights, epoch)
+                    for group, around in ((anomalies[masked], True), (anomalies[~masked], False)):
+                        order = group[torch.randperm(len(group), generator=gen)]
+                        for idx in _batches(order, cfg.batch_size):
+                            batch = self._batch(data, idx)
+                            self._step(self._crop_around_defects(batch, gen) if around else batch, weights, epoch)
         order = normals[torch.randperm(len(normals), generator=gen)]
         for idx in _batches(order, cfg.batch_size):
-            sums += self._step(self._batch(data, idx), weights, epoch)
+            batch = self._batch(data, idx)
+            if augment:
+                batch = self._augment_normals(batch, gen)
+            sums += self._step(batch, weights, epoch)
             seen += len(idx)
         values = (sums / max(seen, 1)).tolist()
         return {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, values)), "beta_x": weights.beta_x, "beta_y": weights.beta_y}

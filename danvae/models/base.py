@@ -13,7 +13,14 @@ from torch import nn
 
 from danvae.models import scores as S
 
-SCORE_KINDS = ("kl_zx", "llr_zx", "elbo", "recon", "recon_max")
+# What a model computes per image. Whole-image: kl_zx, llr_zx, elbo, recon. Local (the
+# smoothed maximum of a per-pixel map): recon_max (squared error), kl_zx_max (KL of the
+# z_x map), recon_norm_max (error of the brightness-normalised images), ssim_max
+# (1 − SSIM), head_max (the anomaly head). A kind a model has no map for is NaN.
+MODEL_SCORE_KINDS = ("kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max", "ssim_max",
+                     "head_max")
+# ``fused`` combines the local kinds, standardised on validation normals, in the Detector.
+SCORE_KINDS = (*MODEL_SCORE_KINDS, "fused")
 
 
 @dataclass
@@ -22,6 +29,9 @@ class Batch:
     y: torch.Tensor  # B nuisance value in [0, 1] (meaningless where not y_known)
     y_known: torch.Tensor  # B bool: the nuisance label is available
     anomaly: torch.Tensor  # B bool: a labelled anomaly
+    mask: torch.Tensor | None = None  # B×H×W bool: known defect pixels (all False on a normal image)
+    has_mask: torch.Tensor | None = None  # B bool: ``mask`` is known for this image (normals: True)
+    target: torch.Tensor | None = None  # B×C×H×W: what to reconstruct (the clean image under a synthetic defect)
 
 
 @dataclass
@@ -36,11 +46,16 @@ class AnomalyVAE(nn.Module):
 
     name: str = "base"
     uses_anomalies: bool = True  # trained on labelled anomalies after warm-up
+    spatial: bool = False  # z_x is a latent map; the model has local score maps
     anomaly_mean: float = 10.0
     smooth_kernel: int = 5
 
     decoder: nn.Module
     likelihood: nn.Module  # GaussianLikelihood: per-image loss and the scoring scale
+
+    def __init__(self):
+        super().__init__()
+        self.head: nn.Module | None = None  # the anomaly head, trained on defect masks (spatial models)
 
     def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -62,18 +77,25 @@ class AnomalyVAE(nn.Module):
         return torch.zeros(x.shape[0], device=x.device)
 
     @torch.no_grad()
-    def scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every score kind per image, and the per-pixel reconstruction-error map (B×H×W)."""
+    def scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every kind of :data:`MODEL_SCORE_KINDS` per image, and the per-pixel maps (B×H×W) by kind."""
         mu, logvar = self.anomaly_latent(x)
         x_hat = self.reconstruct(x).float()
-        err_map = S.error_map(x, x_hat)
-        recon = err_map.flatten(1).sum(dim=1)
+        maps = {"recon_max": S.error_map(x, x_hat), "recon_norm_max": S.normalised_error_map(x, x_hat),
+                "ssim_max": S.dissimilarity_map(x, x_hat)}
+        recon = maps["recon_max"].flatten(1).sum(dim=1)
         kl_zx = S.kl_to_isotropic(mu.float(), logvar.float())
+        nan = torch.full_like(recon, float("nan"))
         out = {
             "kl_zx": kl_zx,
             "llr_zx": S.dual_prior_llr(mu.float(), self.anomaly_mean),
             "elbo": self.likelihood.score(recon) + kl_zx + self.nuisance_kl(x, y).float(),
             "recon": recon,
-            "recon_max": S.smoothed_max(err_map, self.smooth_kernel),
+            **{k: S.smoothed_max(m, self.smooth_kernel) for k, m in maps.items()},
+            "kl_zx_max": nan, "head_max": nan,  # a global latent has no map; no head
         }
-        return out, err_map
+        return out, maps
+
+    def decode_with_nuisance(self, x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+        """``x`` decoded with its own ``z_x`` and the given ``z_y`` (models with a nuisance latent)."""
+        raise NotImplementedError(f"model {self.name!r} has no nuisance latent")

@@ -1,4 +1,4 @@
-"""DAn-VAE: a VAE whose latent splits into anomaly-relevant ``z_x`` and nuisance ``z_y``.
+"""DAn-VAE, global (``danvae-global``, the thesis reference): a VAE whose latent splits into anomaly-relevant ``z_x`` and nuisance ``z_y``.
 
     model = DAnVAE(channels=3, image_size=64, zx_dim=24, zy_dim=8)
     terms = model.loss(batch, LossWeights(beta_x=1, beta_y=3, alpha=288))
@@ -21,7 +21,7 @@ from danvae.models.scores import sse
 
 
 class DAnVAE(AnomalyVAE):
-    name = "danvae"
+    name = "danvae-global"
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 24, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
@@ -55,6 +55,9 @@ class DAnVAE(AnomalyVAE):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encoder_x(x)[0], self.encoder_y(x)[0])
+
+    def decode_with_nuisance(self, x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encoder_x(x)[0], z_y)
 
     def nuisance_kl(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         mu_y, logvar_y = self.encoder_y(x)

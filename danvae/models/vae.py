@@ -1,4 +1,5 @@
-"""Baselines with one undivided latent: ``vae`` (normals only) and ``dpvae`` (dual prior).
+"""Global baselines with one undivided latent vector: ``vae-global`` (normals only) and
+``dpvae-global`` (dual prior).
 
     vae = VAE(channels=3, image_size=64, latent_dim=32)
     dpvae = VAE(channels=3, image_size=64, latent_dim=32, dual_prior=True)
@@ -21,7 +22,7 @@ class VAE(AnomalyVAE):
     def __init__(self, channels: int, image_size: int, latent_dim: int = 32, dual_prior: bool = False,
                  anomaly_mean: float = 10.0, smooth_kernel: int = 5, likelihood: str = "sse"):
         super().__init__()
-        self.name = "dpvae" if dual_prior else "vae"
+        self.name = "dpvae-global" if dual_prior else "vae-global"
         self.uses_anomalies = dual_prior
         self.latent_dim = latent_dim
         self.anomaly_mean = anomaly_mean

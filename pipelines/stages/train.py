@@ -9,6 +9,7 @@ from pathlib import Path
 from danvae.config import Params
 from danvae.data.folders import DataError
 from danvae.data.ingest import load_images, load_manifest
+from danvae.data.masks import has_mask, load_masks
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.registry import register_version
@@ -47,7 +48,8 @@ def main(params: Params) -> None:
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
                      val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
                      run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
-                     on_epoch_end=run.on_epoch_end)
+                     on_epoch_end=run.on_epoch_end, masks=load_masks(DATA, train, params.data.image_size),
+                     has_mask=has_mask(train))
         info = run.log_model(detector)
     record = run.summary()
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
@@ -61,8 +63,11 @@ def main(params: Params) -> None:
         "kl_y": last["kl_y"], "aux": last["aux"], "val_auroc": detector.val_aurocs.get(detector.score_kind),
         "threshold": detector.threshold, "n_train": len(train),
         "n_train_anomalies": int((train["label"] == "anomaly").sum()),
+        "n_train_masks": int(has_mask(train).sum()),
+        "val_auroc_low": (detector.val_auroc_interval or (None, None))[0],
+        "val_auroc_high": (detector.val_auroc_interval or (None, None))[1],
     })
-    print(f"train: {params.model.name} on {len(train)} images; score {detector.score_kind}, "
+    print(f"train: {params.model.name} on {len(train)} images; score {detector.score_kind} ({detector.kind_choice}), "
           f"threshold {detector.threshold:.4g} ({detector.threshold_method}); MLflow run {run.run_id}, "
           f"registered {params.tracking.registered_model} v{version.version} as challenger")
 

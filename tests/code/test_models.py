@@ -5,27 +5,38 @@ import pytest
 import torch
 
 from danvae.config import ModelConfig, TrainConfig
-from danvae.models import SCORE_KINDS, Batch, LossWeights, build_model
+from danvae.models import MODEL_SCORE_KINDS, Batch, LossWeights, build_model
 from danvae.train import Trainer, TrainingData, loss_weights, warmup_factor
 
 
-@pytest.mark.parametrize("name", ["danvae", "vae", "dpvae"])
+MODELS = ["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("size", [32, 64, 128])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_for_sizes_and_channels(name, size, channels):
     model = build_model(ModelConfig(name=name, zx_dim=6, zy_dim=2), channels, size)
     x = torch.rand(2, channels, size, size)
     assert model.reconstruct(x).shape == x.shape
-    scores, heatmap = model.scores(x, torch.rand(2))
-    assert set(scores) == set(SCORE_KINDS)
+    scores, maps = model.scores(x, torch.rand(2))
+    assert set(scores) == set(MODEL_SCORE_KINDS)
     assert all(v.shape == (2,) for v in scores.values())
-    assert heatmap.shape == (2, size, size)
-    terms = model.loss(Batch(x, torch.rand(2), torch.tensor([True, False]), torch.tensor([False, True])), LossWeights())
+    assert all(m.shape == (2, size, size) for m in maps.values())
+    spatial = not name.endswith("-global")
+    assert ("head_max" in maps) == spatial and ("kl_zx_max" in maps) == spatial
+    assert torch.isfinite(scores["head_max"]).all() == spatial
+    mask = torch.zeros(2, size, size, dtype=torch.bool)
+    mask[1, :4, :4] = True
+    batch = Batch(x, torch.rand(2), torch.tensor([True, False]), torch.tensor([False, True]), mask=mask,
+                  has_mask=torch.tensor([True, True]))
+    terms = model.loss(batch, LossWeights())
     assert terms["total"].ndim == 0 and torch.isfinite(terms["total"])
 
 
-def test_256_px_is_supported_and_odd_sizes_are_refused():
-    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 1, 256)
+@pytest.mark.parametrize("name", ["danvae", "vae", "danvae-global"])
+def test_256_px_is_supported_and_odd_sizes_are_refused(name):
+    model = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2), 1, 256)
     assert model.reconstruct(torch.rand(1, 1, 256, 256)).shape == (1, 1, 256, 256)
     with pytest.raises(ValueError, match="power of two"):
         build_model(ModelConfig(), 3, 100)
@@ -179,3 +190,22 @@ def test_brightness_trend_removes_a_lighting_bias_but_keeps_anomalies():
     anomaly = 50 - 40 * 0.9 + 8  # a bright anomaly: lower raw score than a dark normal, higher adjusted one
     assert anomaly < np.max(normal_scores)
     assert anomaly - np.polyval(trend, 0.9) > np.quantile(adjusted, 0.99)
+
+
+def test_brightness_spread_evens_out_false_alarms_on_dark_images():
+    from danvae.scoring import brightness_adjusted, fit_brightness_spread, fit_brightness_trend
+
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0.2, 1.0, 2000)
+    noise = np.where(y < 0.4, 3.0, 1.0)  # dark images: three times the spread, same median
+    scores = 10 + rng.normal(0, 1, 2000) * noise
+    trend = fit_brightness_trend(scores, y)
+    plain = brightness_adjusted(scores, y, trend)
+    evened = brightness_adjusted(scores, y, trend, fit_brightness_spread(plain, y))
+    dark = y < 0.3
+
+    def dark_fpr(s):
+        return float((s[dark] > np.quantile(s, 0.95)).mean())
+
+    assert dark_fpr(plain) > 0.15  # the median trend alone leaves dark images over-flagged
+    assert dark_fpr(evened) < dark_fpr(plain) / 2

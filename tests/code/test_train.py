@@ -16,12 +16,15 @@ def _model(seed: int):
     return build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("crop", [None, 16], ids=["whole-images", "crops"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop):
+    """With synthetic defects, relighting and (here) random crops all drawn from the epoch's seed."""
+    cfg = CFG.model_copy(update={"crop": crop})
     data = _tiny_data()
-    full = Trainer(_model(0), CFG, tmp_path / "full", progress=False)
+    full = Trainer(_model(0), cfg, tmp_path / "full", progress=False)
     full_history = full.fit(data)
 
-    interrupted = Trainer(_model(0), CFG, tmp_path / "cut", progress=False)
+    interrupted = Trainer(_model(0), cfg, tmp_path / "cut", progress=False)
     original = interrupted._step
 
     def crash_in_third_epoch(batch, weights, epoch):
@@ -34,7 +37,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
         interrupted.fit(data)
 
     # A new process: a differently initialised model, restored from the checkpoint.
-    resumed = Trainer(_model(99), CFG, tmp_path / "cut", progress=False)
+    resumed = Trainer(_model(99), cfg, tmp_path / "cut", progress=False)
     history = resumed.fit(data)
     assert resumed.start_epoch == 2
     assert [h["total"] for h in history] == [h["total"] for h in full_history]
@@ -63,6 +66,31 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_losses_fall_during_training():
-    data = _tiny_data(n_normal=48)
+    import numpy as np
+
+    from danvae.data.synthetic import DIFFICULTIES, render_surface
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(0)
+    imgs = np.stack([render_surface(rng, 32, "wood", None, 0.9, DIFFICULTIES["easy"]).image for _ in range(48)])
+    data = TrainingData.from_arrays(imgs, imgs.max(-1).mean((1, 2)) / 255.0, np.zeros(48, bool), 0.5, 0)
     history = Trainer(_model(0), TrainConfig(epochs=6, warmup_epochs=0, batch_size=16), progress=False).fit(data)
     assert history[-1]["recon"] < history[0]["recon"]
+    assert history[-1]["total"] < history[0]["total"]
+
+
+def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
+    import numpy as np
+
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    masks = np.zeros((6, 64, 64), bool)
+    for i, (r, c) in enumerate([(2, 2), (60, 60), (30, 5), (5, 58), (40, 40), (20, 33)]):
+        masks[i, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = True
+    data = TrainingData.from_arrays(imgs, np.full(6, 0.5), np.ones(6, bool), masks=masks)
+    trainer = Trainer(_model(0), TrainConfig(epochs=1, warmup_epochs=0, crop=32), progress=False)
+    batch = trainer._crop_around_defects(trainer._batch(data, torch.arange(6)), torch.Generator().manual_seed(0))
+    assert batch.x.shape == (6, 3, 32, 32) and batch.mask.shape == (6, 32, 32)
+    assert (batch.mask.flatten(1).sum(dim=1) == torch.from_numpy(masks).flatten(1).sum(dim=1)).all()

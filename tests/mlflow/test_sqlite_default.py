@@ -39,7 +39,7 @@ def test_flatten_params_and_metrics():
     flat = flatten_params({"model": ModelConfig(), "train": TrainConfig(epochs=3, warmup_epochs=1),
                            "data": {"sources": [{"type": "synthetic", "seed": 0}, {"type": "folder", "path": "/d"}],
                                     "split": {"train": 0.6}, "sizes": [32, 64]}, "alpha": None})
-    assert flat["model.zx_dim"] == "24" and flat["train.epochs"] == "3" and flat["train.alpha"] == "None"
+    assert flat["model.zx_dim"] == "8" and flat["train.epochs"] == "3" and flat["train.alpha"] == "None"
     assert flat["data.sources.0.type"] == "synthetic" and flat["data.sources.1.path"] == "/d"
     assert flat["data.split.train"] == "0.6" and flat["data.sizes"] == "[32, 64]" and flat["alpha"] == "None"
     m = flatten_metrics({"auroc": 0.9, "auroc_by_brightness": [0.8, None, 1.0], "auroc_darkest": None,

@@ -81,3 +81,36 @@ def test_saved_detector_scores_identically(danvae_model, surfaces, tmp_path):
     np.testing.assert_allclose(again.score_samples(test.images[:20]), danvae_model.score_samples(test.images[:20]),
                                rtol=1e-5)
     assert again.threshold == danvae_model.threshold and again.score_kind == danvae_model.score_kind
+
+
+LOCAL_KINDS = ("recon_max", "kl_zx_max", "recon_norm_max", "ssim_max", "head_max")
+
+
+def _plant(images, top=10, left=14, side=5, factor=0.45):
+    out = images.copy()
+    out[:, top:top + side, left:left + side] = (out[:, top:top + side, left:left + side] * factor).astype(np.uint8)
+    return out
+
+
+def test_a_planted_defect_raises_every_local_score_and_the_heatmap_points_at_it(danvae_model, surfaces):
+    test = surfaces[1]
+    clean = test.images[(test.table["label"] == "normal").to_numpy()][:40]
+    planted = _plant(clean)
+    before, after = danvae_model.score_table(clean), danvae_model.score_table(planted)
+    for kind in LOCAL_KINDS:
+        assert (after[kind] > before[kind]).mean() > 0.8, kind
+    maps = danvae_model.heatmaps(planted)
+    peaks = np.array([np.unravel_index(np.argmax(m), m.shape) for m in maps])
+    inside = (peaks[:, 0] >= 8) & (peaks[:, 0] < 17) & (peaks[:, 1] >= 12) & (peaks[:, 1] < 21)  # 2 px margin
+    assert inside.mean() > 0.8, f"heatmap peak inside the defect for {inside.mean():.0%} of images"
+
+
+def test_a_normal_image_keeps_its_decision_under_a_change_of_gain(danvae_model, surfaces):
+    test = surfaces[1]
+    normal = test.images[(test.table["label"] == "normal").to_numpy()]
+    normal = normal[(normal.astype(float) * 1.2 <= 255).mean(axis=(1, 2, 3)) > 0.99]  # no clipping at 1.2
+    base = danvae_model.predict(normal)
+    for gain in (0.4, 1.2):
+        relit = np.clip(np.rint(normal.astype(float) * gain), 0, 255).astype(np.uint8)
+        kept = (danvae_model.predict(relit) == base).mean()
+        assert kept >= 0.9, f"gain {gain}: {kept:.0%} of normal images keep their decision"

@@ -1,0 +1,58 @@
+"""The anomaly head: per-pixel defect logits from an image next to its reconstruction.
+
+    head = AnomalyHead(channels=3)
+    logits = head(x_norm, x_hat_norm)          # B×H×W, trained on known defect masks
+
+The supervised counterpart of ``q(y|z_y)`` on the anomaly side (DRAEM's discriminative
+network, small): it learns where an image and what the VAE expected there disagree in
+a way that labelled and synthetic defects do. Inputs are brightness-normalised, so the
+head does not see lighting. Its input is detached from the VAE, so its loss trains the
+head alone, and with Adam its scale against the VAE's loss does not matter.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class AnomalyHead(nn.Module):
+    """A small U-Net on [x, x̂, |x − x̂|] → one logit per pixel. It predicts at half
+    resolution (upsampled): a defect of a few pixels still spans several cells, at half the cost."""
+
+    def __init__(self, channels: int, width: int = 24):
+        super().__init__()
+        w = width
+        self.enc1 = _conv(3 * channels, w)
+        self.enc2 = nn.Sequential(_conv(w, 2 * w), _conv(2 * w, 2 * w))
+        self.enc3 = nn.Sequential(_conv(2 * w, 2 * w), _conv(2 * w, 2 * w))
+        self.dec2 = _conv(4 * w + w, 2 * w)
+        self.out = nn.Conv2d(2 * w, 1, 1)
+
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(torch.cat([x, x_hat, (x - x_hat).abs()], dim=1))
+        half = F.max_pool2d(e1, 2)
+        e2 = self.enc2(half)
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0, mode="nearest"), e2, half], dim=1))
+        return F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+    """Mean binary focal loss (Lin et al. 2017) per image; ``alpha`` weighs the rare defect pixels."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    a_t = alpha * target + (1 - alpha) * (1 - target)
+    return (a_t * (1 - p_t).pow(gamma) * ce).flatten(1).mean(dim=1)
+
+
+def top_k_mean(logits: torch.Tensor, share: float = 0.01) -> torch.Tensor:
+    """Mean of each map's highest ``share`` of values: an image-level logit for a defect with no mask."""
+    flat = logits.flatten(1)
+    k = max(1, int(round(share * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(dim=1)

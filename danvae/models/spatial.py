@@ -1,0 +1,276 @@
+"""Spatial DAn-VAE and the spatial VAE / DP-VAE baselines.
+
+    model = SpatialDAnVAE(channels=3, image_size=64, zx_channels=8, zy_dim=8)
+    terms = model.loss(batch, LossWeights(beta_x=1, beta_y=3, alpha=288))
+    scores, maps = model.scores(x, y)       # per-image score kinds, per-pixel maps by kind
+
+DAn-VAE, spatial: ``z_x`` is a Gaussian *map* (one ``zx_channels`` vector per 4×4 cell),
+read from the image divided by its brightness, so lighting cannot reach it; ``z_y`` is a
+global vector with the conditional prior ``p(z_y|y)`` and the regressor ``q(y|z_y)``;
+the decoder reads the ``z_x`` map and is modulated by ``z_y`` (FiLM), so brightness
+enters the reconstruction only through ``z_y``. Labelled anomalies get the dual prior per
+location: mean ``m`` inside a known mask, 0 elsewhere; with no mask, ``m`` on the ``top_k``
+share of locations whose posterior is already farthest from the normal prior.
+
+An :class:`~danvae.models.anomaly_head.AnomalyHead` on the normalised image next to its
+normalised reconstruction is trained on defect masks (labelled and synthetic); its
+smoothed maximum is the ``head_max`` score.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danvae.models import scores as S
+from danvae.models.anomaly_head import AnomalyHead, focal_loss, top_k_mean
+from danvae.models.base import AnomalyVAE, Batch, LossWeights
+from danvae.models.blocks import n_downsamples, reparameterize
+from danvae.models.kl import kl_between
+from danvae.models.likelihood import GaussianLikelihood
+from danvae.models.spatial_blocks import FiLMDecoder, GlobalEncoder, MapEncoder
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def kl_map(mu: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """KL(q ‖ N(mean, I)) per location of B×d×h×w maps: B×h×w."""
+    return 0.5 * (logvar.exp() + (mu - prior_mean).pow(2) - 1.0 - logvar).sum(dim=1)
+
+
+def dual_prior_means(batch: Batch, kl_normal: torch.Tensor, anomaly_mean: float, top_k: float) -> torch.Tensor:
+    """Prior mean per location (B×1×h×w): ``m`` where a labelled anomaly is (its mask, or
+    its ``top_k`` most deviant locations without one), 0 elsewhere and on normal images."""
+    b, h, w = kl_normal.shape
+    inside = torch.zeros(b, h, w, dtype=torch.bool, device=kl_normal.device)
+    if batch.mask is not None:
+        cells = F.adaptive_max_pool2d(batch.mask.float()[:, None], (h, w))[:, 0] > 0
+        inside |= cells & (batch.anomaly & batch.has_mask)[:, None, None]
+    unmasked = batch.anomaly & ~batch.has_mask if batch.mask is not None else batch.anomaly
+    if unmasked.any():
+        k = max(1, int(round(top_k * h * w)))
+        top = kl_normal.detach().flatten(1).topk(k, dim=1).indices
+        chosen = torch.zeros(b, h * w, dtype=torch.bool, device=kl_normal.device).scatter_(1, top, True)
+        inside |= chosen.view(b, h, w) & unmasked[:, None, None]
+    return (inside.float() * anomaly_mean)[:, None]
+
+
+class _SpatialBase(AnomalyVAE):
+    """What the spatial models share: the head, its loss, and the local score maps."""
+
+    spatial = True
+    split_latent = False
+
+    def _init_common(self, channels: int, anomaly_mean: float, smooth_kernel: int, likelihood: str,
+                     top_k: float, head: bool, head_tta: bool = True) -> None:
+        self.head_tta = head_tta
+        self.anomaly_mean = anomaly_mean
+        self.smooth_kernel = smooth_kernel
+        self.top_k = top_k
+        self.likelihood = GaussianLikelihood(likelihood)
+        self.head = AnomalyHead(channels) if head else None
+
+    # subclasses: encode(x) -> (mu_x, logvar_x, extra), decode_from(z_x, extra) -> x_hat
+    def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        level = S.image_brightness(x)
+        return self.head(S.normalise_brightness(x, level), S.normalise_brightness(x_hat.detach(), level))
+
+    def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """The head's defect probability per pixel, averaged over the image and its mirror
+        images (a mirrored normal surface is still a normal surface; a texture feature that
+        fools the head in one orientation rarely does in all four)."""
+        views = [(), (-1,), (-2,), (-2, -1)] if self.head_tta else [()]
+        total = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
+        for dims in views:
+            a, b = (x.flip(dims), x_hat.flip(dims)) if dims else (x, x_hat)
+            p = torch.sigmoid(self._head_logits(a, b).float())
+            total += p.flip(dims) if dims else p
+        return total / len(views)
+
+    def head_loss(self, batch: Batch, x_hat: torch.Tensor) -> torch.Tensor:
+        """Focal loss on known masks (every normal image: all zeros); for an anomaly without
+        a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
+        if self.head is None:
+            return torch.zeros((), device=batch.x.device)
+        logits = self._head_logits(batch.x, x_hat).float()
+        has_mask = batch.has_mask if batch.mask is not None else torch.zeros_like(batch.anomaly)
+        target = batch.mask.float() if batch.mask is not None else torch.zeros_like(logits)
+        pixel = focal_loss(logits, target)
+        known = has_mask | ~batch.anomaly
+        loss = torch.where(known, pixel, torch.zeros_like(pixel)).sum()
+        loose = batch.anomaly & ~has_mask
+        if loose.any():
+            image_logit = top_k_mean(logits[loose], 0.01)
+            loss = loss + F.binary_cross_entropy_with_logits(image_logit, torch.ones_like(image_logit), reduction="sum")
+        return loss / len(batch.x)
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        size = tuple(x.shape[-2:])
+        mu, logvar, extra = self.encode(x)
+        x_hat = self.decode_from(mu, extra).float()
+        mu, logvar = mu.float(), logvar.float()
+        err = S.error_map(x, x_hat)
+        recon = err.flatten(1).sum(dim=1)
+        kl = kl_map(mu, logvar)
+        kl_zx = kl.flatten(1).sum(dim=1)
+        llr = (self.anomaly_mean * mu.sum(dim=1) - 0.5 * self.anomaly_mean**2 * mu.shape[1])
+        maps = {
+            "recon_max": err,
+            "kl_zx_max": S.upsample_map(kl, size),
+            "recon_norm_max": S.normalised_error_map(x, x_hat),
+            "ssim_max": S.dissimilarity_map(x, x_hat),
+        }
+        if self.head is not None:
+            maps["head_max"] = self._head_probability(x, x_hat)
+        out = {
+            "kl_zx": kl_zx,
+            "llr_zx": llr.flatten(1).max(dim=1).values,
+            "elbo": self.likelihood.score(recon) + kl_zx + self.nuisance_kl(x, y).float(),
+            "recon": recon,
+        }
+        out.update({k: S.smoothed_max(m, self.smooth_kernel) for k, m in maps.items()})
+        if self.head is None:
+            out["head_max"] = torch.full_like(recon, float("nan"))
+        return out, maps
+
+    def anomaly_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar, _ = self.encode(x)
+        return mu, logvar
+
+    def latent_means(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``z_x`` mean-pooled over locations (B×d), as an image-level summary."""
+        return {"z_x": self.anomaly_latent(x)[0].mean(dim=(2, 3))}
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _, extra = self.encode(x)
+        return self.decode_from(mu, extra)
+
+    def _vae_terms(self, batch: Batch, mu: torch.Tensor, logvar: torch.Tensor, x_hat: torch.Tensor,
+                   use_dual_prior: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        target = batch.target if batch.target is not None else batch.x
+        recon_nll, precision = self.likelihood(target, x_hat)
+        mu, logvar = mu.float(), logvar.float()
+        prior = 0.0
+        if use_dual_prior and batch.anomaly.any():
+            prior = dual_prior_means(batch, kl_map(mu, logvar), self.anomaly_mean, self.top_k)
+        kl_x = kl_map(mu, logvar, prior).flatten(1).sum(dim=1)
+        return recon_nll, kl_x, precision
+
+
+class SpatialDAnVAE(_SpatialBase):
+    name = "danvae"
+    split_latent = True
+
+    def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
+                 anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
+                 likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 1.0):
+        super().__init__()
+        n_downsamples(image_size)  # refuses unsupported sizes
+        self.zx_dim, self.zy_dim = zx_dim, zy_dim
+        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head)
+        self.encoder_x = MapEncoder(channels, zx_dim)
+        self.encoder_y = GlobalEncoder(channels, zy_dim)
+        self.decoder = FiLMDecoder(channels, zx_dim, cond_dim=zy_dim)
+        self.prior_y = nn.Sequential(nn.Linear(1, prior_hidden), nn.ReLU(), nn.Linear(prior_hidden, 2 * zy_dim))
+        self.regressor = nn.Sequential(nn.ReLU(), nn.Linear(zy_dim, 1), nn.Sigmoid())
+        # Predicts brightness from the pooled z_x through a reversed gradient: the encoder of
+        # z_x is pushed to leave out whatever lighting the normalised input still shows (noise).
+        self.adversary_weight = adversary
+        self.adversary = nn.Sequential(nn.Linear(zx_dim, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+
+    def conditional_prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.prior_y(y.view(-1, 1)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def encode(self, x: torch.Tensor):
+        mu_x, logvar_x = self.encoder_x(S.normalise_brightness(x))
+        return mu_x, logvar_x, self.encoder_y(x)
+
+    def decode(self, z_x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z_x, z_y)
+
+    def decode_from(self, mu_x: torch.Tensor, extra) -> torch.Tensor:
+        return self.decoder(mu_x, extra[0])
+
+    def decode_with_nuisance(self, x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+        """``x`` decoded from its own ``z_x`` map with ``z_y`` replaced (a lighting traversal)."""
+        return self.decoder(self.encode(x)[0], z_y)
+
+    def latent_means(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu_x, _, (mu_y, _) = self.encode(x)
+        return {"z_x": mu_x.mean(dim=(2, 3)), "z_y": mu_y}
+
+    def nuisance_kl(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mu_y, logvar_y = self.encoder_y(x)
+        p_mu, p_logvar = self.conditional_prior(y)
+        return kl_between(mu_y.float(), logvar_y.float(), p_mu.float(), p_logvar.float())
+
+    def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
+        mu_x, logvar_x, (mu_y, logvar_y) = self.encode(batch.x)
+        z_y = reparameterize(mu_y, logvar_y)
+        x_hat = self.decoder(reparameterize(mu_x, logvar_x), z_y)
+        recon_nll, kl_x, precision = self._vae_terms(batch, mu_x, logvar_x, x_hat, use_dual_prior=True)
+        mu_y, logvar_y = mu_y.float(), logvar_y.float()
+        p_mu, p_logvar = self.conditional_prior(batch.y)
+        known = batch.y_known.unsqueeze(1)
+        p_mu = torch.where(known, p_mu.float(), torch.zeros_like(mu_y))
+        p_logvar = torch.where(known, p_logvar.float(), torch.zeros_like(logvar_y))
+        kl_y = kl_between(mu_y, logvar_y, p_mu, p_logvar)
+        y_hat = self.regressor(z_y).squeeze(1).float()
+        aux = torch.where(batch.y_known, (batch.y - y_hat).pow(2), torch.zeros_like(y_hat)).sum() \
+            / batch.y_known.sum().clamp(min=1)
+        head = self.head_loss(batch, x_hat)
+        y_adv = self.adversary(_ReverseGradient.apply(mu_x.mean(dim=(2, 3)))).squeeze(1).float()
+        adv = torch.where(batch.y_known, (batch.y - y_adv).pow(2), torch.zeros_like(y_adv)).sum() \
+            / batch.y_known.sum().clamp(min=1)
+        total = (recon_nll.mean() + weights.beta_x * kl_x.mean() + weights.beta_y * kl_y.mean()
+                 + weights.alpha * precision * (aux + self.adversary_weight * adv) + head)
+        target = batch.target if batch.target is not None else batch.x
+        recon = S.sse(target.float(), x_hat.detach().float()).mean()
+        return {"total": total, "recon": recon, "kl_x": kl_x.mean(), "kl_y": kl_y.mean(), "aux": aux, "head": head,
+                "adversary": adv}
+
+
+class SpatialVAE(_SpatialBase):
+    """One spatial latent read from the raw image (no nuisance split): ``vae``, or ``dpvae``
+    with the per-location dual prior on labelled anomalies."""
+
+    def __init__(self, channels: int, image_size: int, latent_dim: int = 8, dual_prior: bool = False,
+                 anomaly_mean: float = 10.0, smooth_kernel: int = 5, likelihood: str = "calibrated",
+                 top_k: float = 0.05, head: bool = True):
+        super().__init__()
+        n_downsamples(image_size)
+        self.name = "dpvae" if dual_prior else "vae"
+        self.uses_anomalies = dual_prior
+        self.latent_dim = latent_dim
+        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head)
+        self.encoder = MapEncoder(channels, latent_dim)
+        self.decoder = FiLMDecoder(channels, latent_dim)
+
+    def encode(self, x: torch.Tensor):
+        mu, logvar = self.encoder(x)
+        return mu, logvar, None
+
+    def decode_from(self, mu: torch.Tensor, extra) -> torch.Tensor:
+        return self.decoder(mu)
+
+    def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encoder(batch.x)
+        x_hat = self.decoder(reparameterize(mu, logvar))
+        recon_nll, kl_x, _ = self._vae_terms(batch, mu, logvar, x_hat, use_dual_prior=self.uses_anomalies)
+        head = self.head_loss(batch, x_hat)
+        total = recon_nll.mean() + weights.beta_x * kl_x.mean() + head
+        zero = torch.zeros((), device=total.device)
+        target = batch.target if batch.target is not None else batch.x
+        recon = S.sse(target.float(), x_hat.detach().float()).mean()
+        return {"total": total, "recon": recon, "kl_x": kl_x.mean(), "kl_y": zero, "aux": zero, "head": head}
+

@@ -1,0 +1,53 @@
+"""Training-time synthetic defects and relighting: changes stay inside the mask, strength scales them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from danvae.augment import FAMILIES, relight, synthesize_defects
+from danvae.augment.defects import apply_family
+
+
+def _surfaces(n=8, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 1, 1, generator=g) * 0.5 + 0.25
+    texture = torch.rand(n, 3, size, size, generator=g) * 0.3
+    return ((base + texture).clamp(0, 1) * 255).round() / 255
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_changes_pixels_only_inside_its_mask(family):
+    x = _surfaces()
+    out, mask = apply_family(family, x, torch.Generator().manual_seed(1), strength=1.0)
+    assert out.shape == x.shape and mask.shape == (8, 64, 64) and mask.dtype == torch.bool
+    changed = (out != x).any(dim=1)
+    assert not (changed & ~mask).any(), "a pixel outside the mask changed"
+    assert changed.any(dim=(1, 2)).float().mean() >= 0.75, "most images get a visible defect"
+    share = mask.float().mean(dim=(1, 2))
+    assert (share > 0).all() and (share < 0.15).all(), "defects are small"
+    assert torch.equal(out, (out * 255).round() / 255), "results stay on the uint8 grid"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_strength_scales_the_change(family):
+    x = _surfaces()
+    weak, m1 = apply_family(family, x, torch.Generator().manual_seed(2), strength=0.3)
+    strong, m2 = apply_family(family, x, torch.Generator().manual_seed(2), strength=1.0)
+    assert torch.equal(m1, m2)
+    assert (strong - x).abs().sum() > 2 * (weak - x).abs().sum()
+
+
+def test_a_batch_mixes_families_and_is_deterministic():
+    x = _surfaces(16)
+    a, ma = synthesize_defects(x, torch.Generator().manual_seed(3))
+    b, mb = synthesize_defects(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    with pytest.raises(ValueError, match="unknown synthetic defect family"):
+        apply_family("glitter", x, torch.Generator())
+
+
+def test_relighting_changes_brightness_and_stays_on_the_grid():
+    x = _surfaces(32)
+    out = relight(x, torch.Generator().manual_seed(0), gain=(0.35, 0.5))
+    assert out.mean() < 0.7 * x.mean()
+    assert torch.equal(out, (out * 255).round() / 255) and out.min() >= 0 and out.max() <= 1

@@ -1,0 +1,131 @@
+"""The spatial DAn-VAE's own rules: the per-location dual prior, the brightness-blind z_x
+encoder, the anomaly head's loss, and the score-kind choice."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from danvae.config import ModelConfig
+from danvae.models import Batch, LossWeights, build_model
+from danvae.models.spatial import dual_prior_means, kl_map
+from danvae.scoring import choose_score_kind, fit_fusion, fuse
+
+SIZE = 32
+
+
+def _batch(n=2, mask=None, has_mask=None, anomaly=(False, True)):
+    torch.manual_seed(0)
+    x = torch.rand(n, 3, SIZE, SIZE)
+    return Batch(x, torch.rand(n), torch.ones(n, dtype=torch.bool), torch.tensor(anomaly), mask=mask,
+                 has_mask=has_mask)
+
+
+def test_dual_prior_acts_only_inside_the_mask():
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 0:4, 4:8] = True  # exactly latent cell (0, 1) at stride 4
+    mask[0, 10:20, 10:20] = True  # a normal image's mask is ignored
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    prior = dual_prior_means(batch, torch.zeros(2, 8, 8), anomaly_mean=10.0, top_k=0.05)
+    assert prior.shape == (2, 1, 8, 8)
+    assert prior[0].sum() == 0
+    assert prior[1, 0, 0, 1] == 10.0 and prior[1].sum() == 10.0
+
+
+def test_dual_prior_without_a_mask_pulls_the_top_k_locations():
+    batch = _batch(mask=torch.zeros(2, SIZE, SIZE, dtype=torch.bool), has_mask=torch.tensor([True, False]))
+    kl = torch.zeros(2, 8, 8)
+    kl[1, 3, 3], kl[1, 5, 6], kl[1, 0, 0] = 9.0, 8.0, 7.0
+    prior = dual_prior_means(batch, kl, anomaly_mean=10.0, top_k=3 / 64)
+    assert prior[0].sum() == 0
+    chosen = {tuple(i) for i in torch.nonzero(prior[1, 0]).tolist()}
+    assert chosen == {(3, 3), (5, 6), (0, 0)}
+
+
+def test_the_anomaly_kl_rises_only_where_the_prior_moved():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, :8, :8] = True
+    with_mask = model.loss(_batch(mask=mask, has_mask=torch.tensor([True, True])), LossWeights(alpha=0))
+    torch.manual_seed(0)
+    normal = model.loss(_batch(mask=mask, has_mask=torch.tensor([True, True]), anomaly=(False, False)),
+                        LossWeights(alpha=0))
+    # 4 of 64 cells pulled to m = 10 in 4 channels: about 4·4·50 = 800 nats more on one of two images.
+    assert 300 < float((with_mask["kl_x"] - normal["kl_x"]).detach()) < 500
+
+
+def test_z_x_does_not_see_a_change_of_gain():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE).eval()
+    x = torch.rand(2, 3, SIZE, SIZE) * 0.8
+    mu, _ = model.anomaly_latent(x)
+    mu_dark, _ = model.anomaly_latent(x * 0.4)
+    assert torch.allclose(mu, mu_dark, atol=1e-3)
+    mu_y, mu_y_dark = model.latent_means(x)["z_y"], model.latent_means(x * 0.4)["z_y"]
+    assert not torch.allclose(mu_y, mu_y_dark, atol=1e-3)  # the nuisance latent does
+
+
+def test_head_loss_is_lower_when_the_head_points_at_the_mask():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 8:12, 8:12] = True
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    x_hat = model.reconstruct(batch.x)
+    from danvae.models import anomaly_head
+
+    right = anomaly_head.focal_loss(torch.where(mask, 5.0, -5.0), mask.float())
+    wrong = anomaly_head.focal_loss(torch.where(mask, -5.0, 5.0), mask.float())
+    assert (right < wrong).all()
+    assert model.head_loss(batch, x_hat) > 0
+    # The head's input is detached: its loss leaves the VAE's gradients untouched.
+    model.zero_grad()
+    model.head_loss(batch, model.reconstruct(batch.x)).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.head.parameters())
+
+
+def _table(n_normal, n_anomaly, separation, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n_normal, bool), np.ones(n_anomaly, bool)]
+    strong = rng.normal(size=len(labels)) + separation * labels
+    weak = rng.normal(size=len(labels)) + 0.2 * labels
+    return pd.DataFrame({"head_max": weak, "recon_norm_max": strong, "kl_zx": rng.normal(size=len(labels))}), labels
+
+
+def test_score_kind_stays_the_default_with_few_validation_anomalies():
+    table, labels = _table(100, 12, separation=3.0)
+    choice = choose_score_kind(table, labels, "head_max", min_anomalies=30)
+    assert choice.kind == "head_max" and "12 validation anomalies" in choice.how
+    lo, hi = choice.interval
+    assert lo <= choice.aurocs["head_max"] <= hi
+
+
+def test_score_kind_moves_only_when_another_clearly_wins():
+    table, labels = _table(200, 60, separation=3.0)
+    assert choose_score_kind(table, labels, "head_max", min_anomalies=30).kind == "recon_norm_max"
+    close, labels = _table(200, 60, separation=0.25)
+    assert choose_score_kind(close, labels, "head_max", min_anomalies=30).kind == "head_max"
+    none = choose_score_kind(table, np.zeros(len(table), bool), "head_max")
+    assert none.kind == "head_max" and none.interval is None
+
+
+def test_fused_score_standardises_on_normals():
+    table = pd.DataFrame({"head_max": [0.1, 0.2, 0.3, 0.9], "recon_norm_max": [10.0, 20.0, 30.0, 90.0],
+                          "kl_zx_max": [1.0, 1.0, 1.0, 1.0]})
+    stats = fit_fusion(table.iloc[:3])
+    fused = fuse(table, stats)
+    assert fused.shape == (4,) and fused[3] > fused[:3].max()
+    assert np.isnan(fuse(table, None)).all()
+
+
+def test_kl_map_is_zero_at_the_prior():
+    mu, logvar = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+    assert kl_map(mu, logvar).abs().max() == 0
+    assert torch.allclose(kl_map(mu + 10, logvar, 10.0), torch.zeros(1, 8, 8))
+
+
+def test_the_head_map_is_averaged_over_mirror_images():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE).eval()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    _, maps = model.scores(x, torch.rand(2))
+    _, mirrored = model.scores(x.flip(-1), torch.rand(2))
+    assert torch.allclose(maps["head_max"], mirrored["head_max"].flip(-1), atol=1e-5)
