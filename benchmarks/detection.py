@@ -99,7 +99,7 @@ def run(variant: str, seed: int, args) -> dict:
         "variant": variant + (f"[{args.tag}]" if args.tag else ""), "seed": seed,
         "val_history": [h.get("val_auroc") for h in det.history], "difficulty": args.difficulty, "epochs": args.epochs, "size": args.size,
         "lofo": args.lofo, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
-        "score_kind": det.score_kind, "kind_choice": det.kind_choice,
+        "score_kind": det.score_kind, "kind_choice": det.kind_choice, "best_epoch": det.best_epoch,
         "val_auroc": det.val_aurocs.get(det.score_kind), "val_interval": det.val_auroc_interval,
         "auroc": overall["auroc"], "auroc_dark": overall["auroc_by_brightness"][0],
         "fpr_dark": overall.get("fpr_darkest"), "rho_normal": overall.get("brightness_spearman_normal"),
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--difficulty", default="default", choices=["easy", "default", "hard"])
     ap.add_argument("--lofo", default=None, choices=DEFECTS, help="hold this defect family out of training")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--dark-share", type=float, default=0.15)
     ap.add_argument("--train-normals", type=int, default=480)

@@ -65,9 +65,9 @@ class LightingConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(60, ge=1)
     warmup_epochs: int = Field(8, ge=0, description="normal-only epochs while beta ramps up")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     beta_x: float = Field(1.0, ge=0)
     beta_y: float = Field(3.0, ge=0)
@@ -77,10 +77,13 @@ class TrainConfig(_Strict):
     )
     sup_ratio: float = Field(0.5, gt=0, le=1, description="share of images that carry the nuisance label")
     anomaly_repeats: int = Field(
-        1, ge=1, le=100,
+        4, ge=1, le=100,
         description="passes over the labelled anomalies per epoch after warm-up (reference: 1)",
     )
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over epochs")
+    keep_best: bool = Field(
+        True, description="end with the weights of the epoch with the best validation AUROC (after warm-up)"
+    )
     crop: int | None = Field(
         32, ge=16, description="spatial models: normal images train as random crops of this side (4× cheaper "
                                "steps at 32 of 64 px); None = whole images"

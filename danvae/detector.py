@@ -58,6 +58,7 @@ class Detector:
         self.brightness_trend: list[float] | None = None
         self.brightness_spread: list[float] | None = None
         self.history: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
@@ -110,6 +111,7 @@ class Detector:
 
         trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track_validation)
         self.history = trainer.fit(data)
+        self.best_epoch = trainer.best_epoch
         self.calibrate(val_images, val_labels)
         if run_dir is not None:
             self.save(run_dir)
@@ -204,6 +206,7 @@ class Detector:
             "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
             "brightness_spread": self.brightness_spread,
             "val_auroc_interval": self.val_auroc_interval, "kind_choice": self.kind_choice, "fusion": self.fusion,
+            "best_epoch": self.best_epoch,
         }
 
     def save(self, run_dir: str | Path) -> Path:
@@ -236,5 +239,6 @@ class Detector:
         interval = meta.get("val_auroc_interval")
         det.val_auroc_interval = tuple(interval) if interval else None
         det.kind_choice = meta.get("kind_choice")
+        det.best_epoch = meta.get("best_epoch")
         det.history = state.get("history", [])
         return det

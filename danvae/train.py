@@ -143,6 +143,8 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+        self.best_epoch: int | None = None  # 1-based epoch whose weights were kept (keep_best)
+        self._best: dict | None = None  # the best epoch's state when there is no run folder
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -281,8 +283,45 @@ class Trainer:
                 record.update(self.on_epoch_end(epoch, record) or {})
             self.history.append(record)
             bar.set_postfix(loss=f"{record['total']:.1f}")
+            self._keep_if_best(epoch, record)
             self.save_checkpoint(epoch)
+        self._restore_best()
         return self.history
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "best.pt" if self.run_dir else None
+
+    def _keep_if_best(self, epoch: int, record: dict[str, float]) -> None:
+        """Keep the weights of the epoch with the best validation AUROC after warm-up: one noisy
+        last epoch does not decide the model (restored at the end when ``keep_best``)."""
+        score = record.get("val_auroc")
+        if not self.cfg.keep_best or score is None or epoch < self.cfg.warmup_epochs:
+            return
+        best = self._best_record()
+        if best is not None and best["val_auroc"] >= score:
+            return
+        state = {"epoch": epoch, "val_auroc": float(score),
+                 "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        path = self.best_path
+        if path is None:
+            self._best = state
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def _best_record(self) -> dict | None:
+        if self.best_path is None:
+            return self._best
+        return load_weights(self.best_path, map_location=self.device) if self.best_path.exists() else None
+
+    def _restore_best(self) -> None:
+        best = self._best_record() if self.cfg.keep_best else None
+        if best is not None:
+            self.model.load_state_dict(best["model"])
+            self.best_epoch = best["epoch"] + 1
 
     def save_checkpoint(self, epoch: int) -> None:
         path = self.checkpoint_path

@@ -11,13 +11,20 @@ head alone, and with Adam its scale against the VAE's loss does not matter.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+DEFECT_PRIOR = 0.01  # the head starts out predicting this defect probability everywhere
+
+
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    # GroupNorm, not BatchNorm: no running statistics, so a briefly trained head behaves
+    # in evaluation exactly as in training.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.ReLU(inplace=True))
 
 
 class AnomalyHead(nn.Module):
@@ -32,6 +39,9 @@ class AnomalyHead(nn.Module):
         self.enc3 = nn.Sequential(_conv(2 * w, 2 * w), _conv(2 * w, 2 * w))
         self.dec2 = _conv(4 * w + w, 2 * w)
         self.out = nn.Conv2d(2 * w, 1, 1)
+        # Focal-loss practice (Lin et al. 2017): start at the rare-defect prior, not at 0.5,
+        # so the first steps are not spent pushing every normal pixel down.
+        nn.init.constant_(self.out.bias, -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
 
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(torch.cat([x, x_hat, (x - x_hat).abs()], dim=1))

@@ -126,6 +126,11 @@ def test_kl_map_is_zero_at_the_prior():
 def test_the_head_map_is_averaged_over_mirror_images():
     model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE).eval()
     x = torch.rand(2, 3, SIZE, SIZE)
-    _, maps = model.scores(x, torch.rand(2))
-    _, mirrored = model.scores(x.flip(-1), torch.rand(2))
-    assert torch.allclose(maps["head_max"], mirrored["head_max"].flip(-1), atol=1e-5)
+    with torch.no_grad():
+        x_hat = model.reconstruct(x)
+        p = model._head_probability(x, x_hat)
+        mirrored = model._head_probability(x.flip(-1), x_hat.flip(-1))
+        model.head_tta = False
+        single = model._head_probability(x, x_hat)
+    assert torch.allclose(p, mirrored.flip(-1), atol=1e-5)
+    assert not torch.allclose(p, single, atol=1e-6)

@@ -94,3 +94,24 @@ def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
     batch = trainer._crop_around_defects(trainer._batch(data, torch.arange(6)), torch.Generator().manual_seed(0))
     assert batch.x.shape == (6, 3, 32, 32) and batch.mask.shape == (6, 32, 32)
     assert (batch.mask.flatten(1).sum(dim=1) == torch.from_numpy(masks).flatten(1).sum(dim=1)).all()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_the_best_validation_epoch_is_kept(tmp_path, on_disk):
+    data = _tiny_data()
+    scores = iter([0.99, 0.6, 0.9, 0.7])  # epoch 1 is warm-up: its score does not count
+    snapshots = []
+
+    def validation(epoch, record):
+        snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
+        return {"val_auroc": next(scores)}
+
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, batch_size=8, seed=3)
+    trainer = Trainer(_model(0), cfg, tmp_path if on_disk else None, progress=False, on_epoch_end=validation)
+    trainer.fit(data)
+    assert trainer.best_epoch == 3
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[2], trainer.model.parameters()))
+    off = Trainer(_model(0), cfg.model_copy(update={"keep_best": False}), progress=False,
+                  on_epoch_end=lambda e, r: {"val_auroc": 0.5})
+    off.fit(data)
+    assert off.best_epoch is None

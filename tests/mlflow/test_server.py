@@ -112,7 +112,9 @@ def test_register_gate_promote_load_predict(trained, champion, serving, surfaces
     big = resized(surfaces.test_images[:8], 48)  # any size: resized as training did
     out = model.predict(big)
     want = trained.detector.score_table(big)
-    assert list(out.columns) == ["brightness", "score", "is_anomaly", "kl_zx", "llr_zx", "elbo", "recon", "recon_max"]
+    from danvae.serving import OUTPUT_COLUMNS
+
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
     for col in out.columns:
         np.testing.assert_allclose(out[col].to_numpy(dtype=float), want[col].to_numpy(dtype=float), rtol=1e-6)
 
