@@ -82,7 +82,7 @@ class TrainConfig(_Strict):
     )
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over epochs")
     keep_best: bool = Field(
-        True, description="end with the weights of the epoch with the best validation AUROC (after warm-up)"
+        True, description="end with the weights of the epoch with the best validation AUROC in the second half of training"
     )
     crop: int | None = Field(
         32, ge=16, description="spatial models: normal images train as random crops of this side (4× cheaper "

@@ -293,10 +293,12 @@ class Trainer:
         return self.run_dir / "checkpoints" / "best.pt" if self.run_dir else None
 
     def _keep_if_best(self, epoch: int, record: dict[str, float]) -> None:
-        """Keep the weights of the epoch with the best validation AUROC after warm-up: one noisy
-        last epoch does not decide the model (restored at the end when ``keep_best``)."""
+        """Keep the weights of the epoch with the best validation AUROC in the second half of
+        training (and after warm-up): one noisy last epoch does not decide the model, and an
+        early epoch whose decoder has not yet learnt lighting is never taken."""
         score = record.get("val_auroc")
-        if not self.cfg.keep_best or score is None or epoch < self.cfg.warmup_epochs:
+        first = max(self.cfg.warmup_epochs, self.cfg.epochs // 2)
+        if not self.cfg.keep_best or score is None or epoch < first:
             return
         best = self._best_record()
         if best is not None and best["val_auroc"] >= score:

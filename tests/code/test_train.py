@@ -99,7 +99,7 @@ def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_the_best_validation_epoch_is_kept(tmp_path, on_disk):
     data = _tiny_data()
-    scores = iter([0.99, 0.6, 0.9, 0.7])  # epoch 1 is warm-up: its score does not count
+    scores = iter([0.99, 0.6, 0.9, 0.7])  # epochs 1-2 (warm-up, first half) do not count
     snapshots = []
 
     def validation(epoch, record):
