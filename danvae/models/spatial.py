@@ -67,7 +67,6 @@ class _SpatialBase(AnomalyVAE):
     """What the spatial models share: the head, its loss, and the local score maps."""
 
     spatial = True
-    split_latent = False
 
     def _init_common(self, channels: int, anomaly_mean: float, smooth_kernel: int, likelihood: str,
                      top_k: float, head: bool, head_tta: bool = True) -> None:
@@ -168,7 +167,6 @@ class _SpatialBase(AnomalyVAE):
 
 class SpatialDAnVAE(_SpatialBase):
     name = "danvae"
-    split_latent = True
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
