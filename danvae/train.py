@@ -24,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from danvae.augment import relight, synthesize_defects
-from danvae.augment.lighting import brightness_of
 from danvae.config import TrainConfig
 from danvae.model_file import load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
+from danvae.models.scores import image_brightness
 
 LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux", "head", "adversary")
 REFERENCE_PIXELS = 3 * 128 * 128
@@ -177,7 +177,7 @@ class Trainer:
         batch.x = torch.stack([batch.x[i, :, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
         if batch.mask is not None:
             batch.mask = torch.stack([batch.mask[i, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
-        batch.y = brightness_of(batch.x)  # the crop's own brightness: the label is a measurement
+        batch.y = image_brightness(batch.x)  # the crop's own brightness: the label is a measurement
         return batch
 
     def _crop_around_defects(self, batch: Batch, gen: torch.Generator) -> Batch:
@@ -207,7 +207,7 @@ class Trainer:
             lit = relight(x[relit], gen, cfg.lighting.gain, cfg.lighting.gamma, cfg.lighting.gradient, cfg.lighting.noise)
             x = x.clone()
             x[relit] = lit
-            batch.y = torch.where(relit, brightness_of(x), batch.y)
+            batch.y = torch.where(relit, image_brightness(x), batch.y)
         clean = x
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)

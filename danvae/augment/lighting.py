@@ -35,7 +35,3 @@ def relight(x: torch.Tensor, g: torch.Generator, gain: tuple[float, float] = (0.
     out = out + sigma[:, None, None, None] * torch.randn(x.shape, generator=g).to(dev)
     return out.clamp(0, 1).mul(255).round().div(255)
 
-
-def brightness_of(x: torch.Tensor) -> torch.Tensor:
-    """Mean HSV value (max over channels) per image of B×C×H×W in [0, 1], as danvae.images.brightness."""
-    return x.amax(dim=1).flatten(1).mean(dim=1)
