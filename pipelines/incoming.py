@@ -9,6 +9,14 @@ from pathlib import Path
 DATA_DIR = Path("data")
 
 
+def _resolved(path: Path) -> str:
+    """The absolute, symlink-free path, or the path as given where it cannot be resolved (a loop)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
 def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incoming") -> list[str]:
     """Image files under ``incoming`` (relative to the project) whose sha256 is not in the manifest.
 
@@ -33,7 +41,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
                     when = datetime.fromisoformat(seen).timestamp()
                 except ValueError:
                     continue
-                for key in (path, str((root / path).resolve())):
+                for key in (path, _resolved(root / path)):
                     refused[key] = max(refused.get(key, 0.0), when)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
             pass
@@ -42,7 +50,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
         p = Path(path)
         rel = os.path.relpath(p, root)
         try:
-            if max(refused.get(rel, 0.0), refused.get(str(p.resolve()), 0.0)) >= p.stat().st_mtime:
+            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime:
                 continue
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
         except OSError:

@@ -60,6 +60,19 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+def printable_path(path: str | Path) -> str:
+    """``path`` as valid UTF-8 text: bytes a file system allowed but UTF-8 cannot hold appear as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8_name(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _walk(folder: Path, root_real: str, skip_top: set[str], problems: list[tuple[str, str]]) -> list[Path]:
     """Image-named entries under ``folder`` (sorted), without following symlinked folders."""
     out: list[Path] = []
@@ -72,6 +85,10 @@ def _walk(folder: Path, root_real: str, skip_top: set[str], problems: list[tuple
     for entry in entries:
         path = folder / entry.name
         is_image_name = Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+        if not _utf8_name(path):
+            # manifests, CSVs and MLflow hold text: such a name cannot be recorded; the file stays put
+            problems.append((printable_path(path), "file name is not valid UTF-8; rename it to ingest it"))
+            continue
         try:
             if entry.is_symlink():
                 target = os.path.realpath(path)

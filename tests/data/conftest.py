@@ -118,6 +118,12 @@ def bad_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Corpus:
     c.good.append("link_inside.png")
     (src / "broken_link.png").symlink_to(tmp_path / "nowhere.png")
     c.bad["broken_link.png"] = "broken symlink"
+    (src / "loop.png").symlink_to("loop.png")  # a symlink loop (Path.resolve raises RuntimeError)
+    c.bad["loop.png"] = "broken symlink"
+    # a name that is not UTF-8 (Linux allows any bytes): no manifest or CSV can hold it as text
+    with open(os.fsencode(src) + b"/name\xff.png", "wb") as fh:
+        fh.write(png_bytes(noise((SIZE, SIZE, 3), 10)))
+    c.bad["name\\xff.png"] = "not valid UTF-8"
 
     # a FIFO named like an image: opening it for reading would block forever
     os.mkfifo(src / "fifo.png")

@@ -91,3 +91,15 @@ def test_retrain_skips_while_another_run_holds_the_concurrency_slot(prefect_serv
     assert state.message == f"skipped: another retrain is running (concurrency limit '{RETRAIN_LIMIT}')"
     assert not (repo.path / "data" / "manifest.parquet").exists()
     assert not (repo.path / LOCK_FILE).exists() or (repo.path / LOCK_FILE).read_text() == ""
+
+
+def test_a_quarantined_symlink_loop_does_not_stop_the_new_image_finder(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    incoming = tmp_path / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "loop.png").symlink_to("loop.png")  # Path.resolve() raises RuntimeError on it
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(incoming / "a.png")
+    (tmp_path / "data" / "quarantine.csv").write_text(
+        "path,reason,batch,seen_at\ndata/incoming/loop.png,broken symlink,b1,2999-01-01T00:00:00+00:00\n")
+    assert find_new_images(tmp_path) == ["data/incoming/a.png"]
+    assert find_new_images(tmp_path) == ["data/incoming/a.png"], "the next retrain must not fail either"
