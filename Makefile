@@ -35,6 +35,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 run: install
+	$(BIN)/python -m pipelines.check_params
 	$(BIN)/dvc repro
 
 test: install

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import Any
 
 # Set before mlflow is first imported by anything that goes through this module.
@@ -64,13 +65,22 @@ def resolve_tracking_uri(uri: str | None = None, *, root: str | Path | None = No
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
+# MLflow's own defaults (7 retries with backoff, 120 s timeout) make one call to a server
+# that is down take minutes before it fails; these fail within ~30 s. Set any of them in
+# the environment to override.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 def configure_tracking(uri: str | None = None, *, root: str | Path | None = None) -> str:
     """Point MLflow (tracking and, unless ``MLFLOW_REGISTRY_URI`` says otherwise, the
     registry) at :func:`resolve_tracking_uri` and return that URI.
 
     Idempotent. MLflow exports the URI as ``MLFLOW_TRACKING_URI`` so subprocesses
-    (``mlflow models serve``) inherit it.
+    (``mlflow models serve``) inherit it. HTTP retries and timeouts: :data:`HTTP_DEFAULTS`.
     """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     resolved = resolve_tracking_uri(uri, root=root)
     if resolved.startswith("sqlite:///"):
         db = sqlite_path(resolved)
@@ -134,11 +144,31 @@ def tracking_failures() -> tuple[type[BaseException], ...]:
     return tuple(failures)
 
 
+SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "signature", "credential")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for logs and files: a user and password in it, and query values that look
+    like secrets (``token=…``, ``X-Amz-Signature=…``), become ``***``."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "***"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [any(w in k.lower() for w in SECRET_QUERY_KEYS) for k, _ in pairs]
+    if "@" not in parts.netloc and not any(secret):
+        return uri  # rebuilt URIs can lose slashes (sqlite:////abs/path): leave clean ones alone
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = urlencode([(k, "***" if hide else v) for (k, v), hide in zip(pairs, secret)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def failure_cause(exc: BaseException) -> str:
-    """The gist of an MLflow / HTTP failure in one short line."""
+    """The gist of an MLflow / HTTP failure in one short line (credentials in URLs redacted)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"(?<=://)[^/\s@]+@", "***@", text)
     if "Connection refused" in text or "NewConnectionError" in text or "Max retries exceeded" in text:
-        return f"the tracking server at {mlflow.get_tracking_uri()} is not reachable"
+        return f"the tracking server at {redact_uri(mlflow.get_tracking_uri())} is not reachable"
     if "Read timed out" in text or "ReadTimeout" in text:
         return "the tracking server did not answer in time"
     return text if len(text) <= 240 else text[:239] + "…"
@@ -305,7 +335,7 @@ class TrainingRun:
                                       run_name=self.run_name if self.resume_run_id is None else None, tags=tags)
         except tracking_failures() as exc:
             raise TrackingError(f"cannot start an MLflow run in experiment '{self.experiment}' at "
-                                f"{self.tracking_uri}: {failure_cause(exc)}") from exc
+                                f"{redact_uri(self.tracking_uri)}: {failure_cause(exc)}") from exc
         self.run_id = active.info.run_id
         try:
             if self.params:
@@ -420,7 +450,7 @@ class TrainingRun:
         info = self.model_info
         return {
             "run_id": self.run_id, "experiment_id": self.experiment_id, "experiment": self.experiment,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact_uri(self.tracking_uri),
             "model_uri": info.model_uri if info else None,
             "model_id": getattr(info, "model_id", None) if info else None,
             "registered_model": self.registered_model,

@@ -38,6 +38,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class DeviceUnavailable(ValueError):
+    """The configured device does not exist on this host: rerunning will not help."""
+
+
 @dataclass
 class TrainingData:
     """Training images decoded once: uint8 N×C×H×W plus per-image labels."""
@@ -77,7 +81,7 @@ class TrainingData:
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use device 'auto' or 'cpu'")
+            raise DeviceUnavailable("train.device is 'cuda' but CUDA is not available here; use 'auto' or 'cpu'")
         return torch.device("cuda")
     return torch.device("cpu")
 

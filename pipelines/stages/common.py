@@ -9,9 +9,13 @@ from pathlib import Path
 from danvae.config import Params, ParamsError, load_params
 from danvae.data.folders import DataError
 from danvae.images import ImageError
+from danvae.model_file import CorruptModelFileError, UnsafeModelFileError
 from danvae.tracking import TrackingError
+from danvae.train import DeviceUnavailable, TrainingDiverged
 
-USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError, TrackingError)
+# Failures a rerun of the same stage would repeat: one line on stderr, exit 1, not retried.
+USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError, TrackingError, DeviceUnavailable,
+               TrainingDiverged, CorruptModelFileError, UnsafeModelFileError)
 RUN_FILE = Path("models/run.json")
 
 

@@ -5,6 +5,7 @@ import json
 import re
 
 import numpy as np
+import torch
 from PIL import Image
 
 STAGES = ("ingest", "validate", "train", "score", "evaluate")
@@ -31,6 +32,14 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     tiny_repo.set_params({"train": {"epochs": 3}})
     third = tiny_repo.dvc("repro")
     assert ran(third.stdout) == {"train", "score", "evaluate"}
+
+    # a train stage that fails on what a rerun would repeat: one line, and the last good run's record kept
+    if not torch.cuda.is_available():
+        records = {n: (tiny_repo.path / "models" / n).read_text() for n in ("run.json", "train_metrics.json")}
+        tiny_repo.set_params({"train": {"device": "cuda"}})
+        failed = tiny_repo.dvc("repro", check=False)
+        assert failed.returncode != 0 and "train: error:" in failed.stderr and "Traceback" not in failed.stderr
+        assert {n: (tiny_repo.path / "models" / n).read_text() for n in records} == records
 
 
 def test_changing_a_data_source_reruns_everything(tiny_repo):
