@@ -18,11 +18,19 @@ class DetectorModel(PythonModel):
         from danvae.detector import Detector
 
         self.detector = Detector.load(context.artifacts["detector"], device="cpu")
+        limits = context.model_config or {}
+        self.max_pixels, self.max_batch = limits.get("max_pixels"), limits.get("max_batch")
 
     def predict(self, context, model_input: np.ndarray, params=None):  # np.ndarray: the signature validates
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         from danvae.serving import predict_frame
 
-        return predict_frame(self.detector, model_input)
+        try:
+            return predict_frame(self.detector, model_input, self.max_pixels, self.max_batch)
+        except ValueError as exc:  # the request's fault: HTTP 400 with the reason, not a 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 
 
 mlflow.models.set_model(DetectorModel())

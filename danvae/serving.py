@@ -39,6 +39,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from danvae.config import ServeConfig  # noqa: E402
 from danvae.images import fit_to  # noqa: E402
 from danvae.models.base import SCORE_KINDS  # noqa: E402
 
@@ -92,9 +93,26 @@ def _check_channels(c: int) -> None:
         raise ValueError(f"images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {c}")
 
 
-def model_batch(detector, model_input: Any) -> np.ndarray:
-    """The input brought to the detector's N×size×size×channels uint8, as training saw images."""
+def _check_limits(batch: list[np.ndarray] | np.ndarray, max_pixels: int | None, max_batch: int | None) -> None:
+    """Refuse, before any decoding or resizing, what would hold a worker's memory hostage."""
+    n = len(batch)
+    if max_batch is not None and n > max_batch:
+        raise ValueError(f"{n} images in one request; the limit is {max_batch} (serve.max_batch)")
+    sizes = [batch.shape[1:3]] if isinstance(batch, np.ndarray) and batch.ndim >= 3 else \
+        [a.shape[:2] for a in batch if a.ndim >= 2]
+    for h, w in sizes:
+        if h < 1 or w < 1:
+            raise ValueError(f"an image of {h}×{w} pixels has nothing to score")
+        if max_pixels is not None and h * w > max_pixels:
+            raise ValueError(f"an image of {h}×{w} pixels exceeds the limit of {max_pixels} pixels (serve.max_pixels)")
+
+
+def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None
+                ) -> np.ndarray:
+    """The input brought to the detector's N×size×size×channels uint8, as training saw images;
+    ``ValueError`` past the limits (``None``: no limit)."""
     batch = _as_batch(model_input)
+    _check_limits(batch, max_pixels, max_batch)
     if isinstance(batch, np.ndarray):
         if batch.ndim != 4:
             raise ValueError(f"expected images shaped N×H×W×C, got shape {batch.shape}")
@@ -112,9 +130,10 @@ def model_batch(detector, model_input: Any) -> np.ndarray:
                                                           detector.channels), np.uint8)
 
 
-def predict_frame(detector, model_input: Any) -> pd.DataFrame:
+def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None
+                  ) -> pd.DataFrame:
     """One row per image: brightness, score, is_anomaly and every score kind (float64 / bool)."""
-    images = model_batch(detector, model_input)
+    images = model_batch(detector, model_input, max_pixels, max_batch)
     table = detector.score_table(images)
     out = pd.DataFrame({c: table[c].to_numpy(dtype=np.float64) for c in OUTPUT_COLUMNS if c != "is_anomaly"})
     out.insert(2, "is_anomaly", table["is_anomaly"].to_numpy(dtype=bool))
@@ -147,10 +166,14 @@ def _staged_package(into: Path) -> Path:
 
 
 def log_detector(detector, name: str = "model", registered_model_name: str | None = None, *,
-                 input_example: np.ndarray | None = None, await_registration_for: int = 300):
+                 input_example: np.ndarray | None = None, await_registration_for: int = 300,
+                 limits: dict[str, int] | None = None):
     """Log a fitted, calibrated detector as a pyfunc model in the active run (or, when none is
     active, as a run-less logged model in experiment "danvae", which becomes the active
     experiment); returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/<model id>``).
+
+    ``limits`` (``max_pixels``, ``max_batch``; default :class:`~danvae.config.ServeConfig`) go
+    into the model's ``model_config``: every request past them is refused (HTTP 400).
 
     With ``registered_model_name``, the model is then registered through
     :func:`danvae.registry.register_version` (waits for READY, then alias ``challenger``;
@@ -180,6 +203,7 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
             signature=signature(),
             input_example=example,
             pip_requirements=pip_requirements(),
+            model_config=limits if limits is not None else ServeConfig().model_dump(),
             metadata={"danvae": {"model": meta["model"]["name"], "image_size": meta["image_size"],
                                  "channels": meta["channels"], "score_kind": meta["score_kind"],
                                  "threshold": meta["threshold"], "threshold_method": meta["threshold_method"],

@@ -425,7 +425,7 @@ class TrainingRun:
 
     # the model ---------------------------------------------------------------------------
     def log_model(self, detector, name: str = "model", registered_model_name: str | None = None,
-                  input_example=None):
+                  input_example=None, limits: dict[str, int] | None = None):
         """Log the detector as a pyfunc (and register it, alias ``challenger``); also log its
         calibration (score kind, threshold, validation AUROC per kind) and full history."""
         from danvae.serving import log_detector
@@ -436,7 +436,7 @@ class TrainingRun:
                                       "threshold_method": detector.threshold_method}})
         self.log_metrics({"threshold": detector.threshold, "val_auroc_by_kind": detector.val_aurocs})
         info = log_detector(detector, name=name, registered_model_name=registered_model_name,
-                            input_example=input_example)
+                            input_example=input_example, limits=limits)
         self.model_info = info
         self.registered_model = registered_model_name
         self.registered_version = (str(info.registered_model_version)

@@ -50,7 +50,7 @@ def main(params: Params) -> None:
                      run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
                      on_epoch_end=run.on_epoch_end, masks=load_masks(DATA, train, params.data.image_size),
                      has_mask=has_mask(train))
-        info = run.log_model(detector)
+        info = run.log_model(detector, limits=params.serve.model_dump())
     record = run.summary()
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
     write_json(RUN_FILE, record)

@@ -24,6 +24,7 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 SIZE = 32
 MODEL_NAME = "danvae-test"
+SERVE_LIMITS = {"max_pixels": 48 * 48, "max_batch": 16}  # small, so the serve test can cross them
 
 # Fail fast when a server is down on purpose, instead of MLflow's minutes of retries.
 TEST_ENV = {
@@ -263,7 +264,7 @@ def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) ->
     with TrainingRun(params=params, data_version="md5-test-0001", run_name="tiny") as run:
         det.fit(surfaces.train_images, surfaces.train_labels, progress=False, on_epoch_end=run.on_epoch_end)
         det.save(out / "detector")
-        info = run.log_model(det)
+        info = run.log_model(det, limits=SERVE_LIMITS)
         run_json = run.write_run_json(out / "run.json")
     mv = register_version(info.model_uri, name, run_id=run.run_id)
     return Trained(det, run.run_id, info.model_uri, str(mv.version), run_json, out / "detector")

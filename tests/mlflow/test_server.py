@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.mlflow.conftest import (
-    MODEL_NAME, TEST_ENV, VENV_BIN, free_port, scrambled, stop_process, train_and_register, wait_http,
+    MODEL_NAME, SERVE_LIMITS, TEST_ENV, VENV_BIN, free_port, scrambled, stop_process, train_and_register, wait_http,
 )
 
 pytestmark = pytest.mark.slow
@@ -220,6 +221,21 @@ def test_models_serve_answers_a_batch(trained, serving, surfaces):
     assert set(rows[0]) == set(OUTPUT_COLUMNS) >= {"brightness", "score", "is_anomaly", "head_max", "recon_max"}
     np.testing.assert_allclose([r["score"] for r in rows], want["score"], rtol=1e-6)
     assert [r["is_anomaly"] for r in rows] == want["is_anomaly"].tolist()
+
+    # past the limits logged with the model: 400 with the reason, and the server keeps answering
+    too_big = resized(surfaces.test_images[:1], 49)
+    too_many = np.repeat(images[:1], SERVE_LIMITS["max_batch"] + 1, axis=0)
+    for batch, says in ((too_big, "serve.max_pixels"), (too_many, "serve.max_batch")):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps({"inputs": batch.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=60)
+        assert refused.value.code == 400 and says in refused.value.read().decode()
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"},
+            method="POST"), timeout=60) as resp:
+        assert resp.status == 200
 
 
 def _alias_versions_ready(client, name: str) -> dict[str, str]:
