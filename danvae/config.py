@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ModelName = Literal["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
 ScoreKind = Literal["auto", "kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max",
-                    "ssim_max", "head_max", "fused"]
+                    "ssim_max", "selfsim_max", "head_max", "fused"]
 DEFECT_FAMILIES = ("blob_texture", "blob_shift", "line", "dots", "cutpaste", "seamless")
 
 
@@ -168,7 +168,7 @@ class SplitShares(_Strict):
 class DataConfig(_Strict):
     sources: list[SyntheticSource | FolderSource] = Field(default_factory=lambda: [SyntheticSource()])
     incoming: str = "data/incoming"
-    image_size: int = Field(64, ge=16)
+    image_size: Literal[32, 64, 128, 256] = 64  # the sizes the networks are built for
     channels: Literal[1, 3] = 3
     split: SplitShares = SplitShares()
     train_anomaly_ratio: float = Field(
@@ -202,6 +202,13 @@ class OrchestrationConfig(_Strict):
     retrain_cron: str = "0 2 * * *"
 
 
+class ServeConfig(_Strict):
+    """Limits the logged model enforces on every request (they travel with it)."""
+
+    max_pixels: int = Field(4_194_304, ge=1024, description="largest image accepted, in pixels (H×W)")
+    max_batch: int = Field(256, ge=1, description="most images in one request")
+
+
 class Params(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -211,6 +218,7 @@ class Params(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
 

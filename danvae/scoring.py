@@ -21,7 +21,7 @@ from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
 DEFAULT_KIND = {"danvae": "head_max", "dpvae": "head_max", "vae": "head_max",
                 "danvae-global": "kl_zx", "dpvae-global": "kl_zx", "vae-global": "elbo"}
 NO_HEAD_KIND = "recon_norm_max"  # spatial models trained without the head
-FUSED_PARTS = ("head_max", "recon_norm_max", "kl_zx_max")
+FUSED_PARTS = ("head_max", "selfsim_max")  # the local kinds that carry signal (recon_norm_max, kl_zx_max: ≈ 0.5)
 HEATMAP_FALLBACK = "recon_max"
 
 

@@ -12,13 +12,15 @@ import torch
 from torch import nn
 
 from danvae.models import scores as S
+from danvae.models.self_similarity import self_dissimilarity_map
 
 # What a model computes per image. Whole-image: kl_zx, llr_zx, elbo, recon. Local (the
 # smoothed maximum of a per-pixel map): recon_max (squared error), kl_zx_max (KL of the
 # z_x map), recon_norm_max (error of the brightness-normalised images), ssim_max
-# (1 − SSIM), head_max (the anomaly head). A kind a model has no map for is NaN.
+# (1 − SSIM), selfsim_max (how unlike the rest of the image a patch is; no training),
+# head_max (the anomaly head). A kind a model has no map for is NaN.
 MODEL_SCORE_KINDS = ("kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max", "ssim_max",
-                     "head_max")
+                     "selfsim_max", "head_max")
 # ``fused`` combines the local kinds, standardised on validation normals, in the Detector.
 SCORE_KINDS = (*MODEL_SCORE_KINDS, "fused")
 
@@ -82,7 +84,7 @@ class AnomalyVAE(nn.Module):
         mu, logvar = self.anomaly_latent(x)
         x_hat = self.reconstruct(x).float()
         maps = {"recon_max": S.error_map(x, x_hat), "recon_norm_max": S.normalised_error_map(x, x_hat),
-                "ssim_max": S.dissimilarity_map(x, x_hat)}
+                "ssim_max": S.dissimilarity_map(x, x_hat), "selfsim_max": self_dissimilarity_map(x)}
         recon = maps["recon_max"].flatten(1).sum(dim=1)
         kl_zx = S.kl_to_isotropic(mu.float(), logvar.float())
         nan = torch.full_like(recon, float("nan"))

@@ -28,6 +28,7 @@ from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize
 from danvae.models.kl import kl_between
 from danvae.models.likelihood import GaussianLikelihood
+from danvae.models.self_similarity import self_dissimilarity_map
 from danvae.models.spatial_blocks import FiLMDecoder, GlobalEncoder, MapEncoder
 
 
@@ -78,9 +79,13 @@ class _SpatialBase(AnomalyVAE):
         self.head = AnomalyHead(channels) if head else None
 
     # subclasses: encode(x) -> (mu_x, logvar_x, extra), decode_from(z_x, extra) -> x_hat
-    def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         level = S.image_brightness(x)
-        return self.head(S.normalise_brightness(x, level), S.normalise_brightness(x_hat.detach(), level))
+        if dissimilarity is None:
+            dissimilarity = self_dissimilarity_map(x)
+        return self.head(S.normalise_brightness(x, level), S.normalise_brightness(x_hat.detach(), level),
+                         dissimilarity)
 
     def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """The head's defect probability per pixel, averaged over the image and its mirror
@@ -88,9 +93,10 @@ class _SpatialBase(AnomalyVAE):
         fools the head in one orientation rarely does in all four)."""
         views = [(), (-1,), (-2,), (-2, -1)] if self.head_tta else [()]
         total = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
+        dissimilarity = self_dissimilarity_map(x)
         for dims in views:
-            a, b = (x.flip(dims), x_hat.flip(dims)) if dims else (x, x_hat)
-            p = torch.sigmoid(self._head_logits(a, b).float())
+            a, b, d = (x.flip(dims), x_hat.flip(dims), dissimilarity.flip(dims)) if dims else (x, x_hat, dissimilarity)
+            p = torch.sigmoid(self._head_logits(a, b, d).float())
             total += p.flip(dims) if dims else p
         return total / len(views)
 
@@ -127,6 +133,7 @@ class _SpatialBase(AnomalyVAE):
             "kl_zx_max": S.upsample_map(kl, size),
             "recon_norm_max": S.normalised_error_map(x, x_hat),
             "ssim_max": S.dissimilarity_map(x, x_hat),
+            "selfsim_max": self_dissimilarity_map(x),
         }
         if self.head is not None:
             maps["head_max"] = self._head_probability(x, x_hat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from danvae.config import ModelConfig
@@ -134,3 +135,29 @@ def test_the_head_map_is_averaged_over_mirror_images():
         single = model._head_probability(x, x_hat)
     assert torch.allclose(p, mirrored.flip(-1), atol=1e-5)
     assert not torch.allclose(p, single, atol=1e-6)
+
+
+def _stripes(size: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """A periodic surface with mild noise: every patch has twins elsewhere in the image."""
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.arange(size, dtype=torch.float32)
+    base = 0.5 + 0.2 * torch.sin(cols * 2 * torch.pi / 8)
+    img = base.expand(size, size).clone() + 0.02 * torch.randn(size, size, generator=g)
+    return img.clamp(0, 1).expand(channels, size, size)[None].clone()
+
+
+@pytest.mark.parametrize("size, channels", [(32, 1), (64, 3), (256, 3)])
+def test_self_dissimilarity_peaks_on_a_planted_flaw_and_ignores_gain(size, channels):
+    from danvae.models.self_similarity import self_dissimilarity_map
+
+    x = _stripes(size, channels)
+    top, left = size // 2, size // 3
+    x[..., top:top + 4, left:left + 4] = 0.05  # a dark pit that appears nowhere else
+    m = self_dissimilarity_map(x)
+    assert m.shape == (1, size, size)
+    peak = divmod(int(m[0].argmax()), size)
+    assert top - 3 <= peak[0] < top + 7 and left - 3 <= peak[1] < left + 7, peak
+    assert float(m[0].median()) == pytest.approx(1.0, abs=0.35)  # ordinary texture reads ≈ 1
+    dimmed = self_dissimilarity_map(x * 0.4)
+    assert torch.allclose(dimmed, m, rtol=1e-3, atol=1e-3), "a change of gain alone must not move the map"
+    assert torch.allclose(self_dissimilarity_map(x.flip(-1)), m.flip(-1), atol=1e-4)

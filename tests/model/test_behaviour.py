@@ -81,7 +81,7 @@ def test_saved_detector_scores_identically(danvae_model, surfaces, tmp_path):
 
 # kl_zx_max is left out: the z_x KL map rose for only 60 % of planted defects (recorded in the
 # README as an open gap), while every image-space map and the head rise for nearly all.
-LOCAL_KINDS = ("recon_max", "recon_norm_max", "ssim_max", "head_max")
+LOCAL_KINDS = ("recon_max", "recon_norm_max", "ssim_max", "selfsim_max", "head_max")
 
 
 def _plant(images, top=10, left=14, side=5, factor=0.45):
