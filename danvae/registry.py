@@ -443,8 +443,8 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
     be a number or an alias (``"challenger"``). ``images``: uint8 N×H×W×C of any size (or a
     list of H×W×C arrays); each model resizes them as its training did. ``min_auroc`` is the
     floor for a first champion. ``force=True`` promotes whatever the gate says and needs a
-    non-empty ``reason``, recorded as a tag. The champion alias moves only after the
-    decision tags are written; rerunning after a failure is safe.
+    non-empty ``reason``, recorded as a tag. The champion alias moves after the gate's
+    figures are tagged and before ``gate.decision`` is; rerunning after a failure is safe.
     """
     if force and not (reason or "").strip():
         raise ValueError("forcing a promotion needs a reason (--reason \"...\"), which is recorded on the version")
@@ -498,6 +498,9 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             tags[f"gate.{k}"] = ch.get(k)
             if champ is not None:
                 tags[f"gate.champion_{k}"] = champ.get(k)
+        # The decision tag is written last, after the alias: a crash part-way leaves no version
+        # tagged "promoted" that is not the champion, and a rerun completes the promotion.
+        decided = tags.pop("gate.decision")
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, _tag_value(v))
         if champion is not None:
@@ -515,6 +518,8 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             client.set_registered_model_alias(name, CHAMPION, version)
             if champion is not None:
                 client.set_model_version_tag(name, champion_version, "gate.replaced_by", version)
+        step = f"writing the decision tag on version {version}"
+        client.set_model_version_tag(name, version, "gate.decision", _tag_value(decided))
         return result
     except RegistryError:
         raise

@@ -229,3 +229,33 @@ def test_promote_command(sqlite_default, trained, surfaces, capsys):
     with pytest.raises(PromoteCommandError) as err:
         args.func(args)
     assert "\n" not in str(err.value)
+
+
+def test_a_promotion_cut_short_leaves_no_false_decision_and_a_rerun_completes(sqlite_default, trained, surfaces,
+                                                                              monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from danvae.registry import PromotionError, promote, register_version
+
+    name = "danvae-cut-short"
+    mv = register_version(trained.model_uri, name, run_id=trained.run_id)
+    real = MlflowClient.set_registered_model_alias
+
+    def store_gone(self, model, alias, version):  # the store fails at the alias write, as when killed there
+        if alias == "champion":
+            raise MlflowException("connection reset by peer")
+        return real(self, model, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", store_gone)
+    with pytest.raises(PromotionError, match="rerunning the promotion is safe"):
+        promote(None, name, mv.version, surfaces.test_images, surfaces.test_labels, min_auroc=0.0)
+    client = MlflowClient()
+    assert "gate.decision" not in client.get_model_version(name, mv.version).tags
+    assert "champion" not in client.get_registered_model(name).aliases
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    decision = promote(None, name, mv.version, surfaces.test_images, surfaces.test_labels, min_auroc=0.0)
+    assert decision.promoted
+    assert client.get_model_version(name, mv.version).tags["gate.decision"] == "promoted"
+    assert client.get_registered_model(name).aliases["champion"] == str(mv.version)
