@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from danvae.images import IMAGE_SUFFIXES, ImageError, brightness, read_image
 
+# Picture formats ingest does not read: quarantined with a reason rather than silently skipped.
+UNSUPPORTED_IMAGE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp")
 MASKS_DIR = "masks"
 MVTEC_MASKS_DIR = "ground_truth"
 MVTEC_NORMAL = "good"
@@ -111,6 +113,10 @@ def _walk(folder: Path, root_real: str, skip_top: set[str], problems: list[tuple
                 out += _walk(path, root_real, set(), problems)
             elif is_image_name:
                 out.append(path)  # regular or not (fifo, socket): the reader refuses non-regular files
+            elif Path(entry.name).suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
+                suffix = Path(entry.name).suffix.lower()
+                problems.append((str(path), f"{suffix} images are not read; convert it to PNG "
+                                            f"({', '.join(IMAGE_SUFFIXES)} are)"))
         except OSError as exc:
             problems.append((str(path), f"unreadable entry: {exc.strerror or exc}"))
     return out

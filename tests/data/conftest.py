@@ -124,6 +124,11 @@ def bad_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Corpus:
     with open(os.fsencode(src) + b"/name\xff.png", "wb") as fh:
         fh.write(png_bytes(noise((SIZE, SIZE, 3), 10)))
     c.bad["name\\xff.png"] = "not valid UTF-8"
+    # picture formats ingest does not read: a quarantine row each, not a silent skip
+    Image.fromarray(noise((SIZE, SIZE, 3), 11)).save(src / "frame.gif")
+    Image.fromarray(noise((SIZE, SIZE, 3), 12)).save(src / "scan.tif")
+    c.bad["frame.gif"] = ".gif images are not read"
+    c.bad["scan.tif"] = ".tif images are not read"
 
     # a FIFO named like an image: opening it for reading would block forever
     os.mkfifo(src / "fifo.png")
