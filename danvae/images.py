@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 FORMATS = ("PNG", "JPEG", "BMP")  # decoders allowed; anything else is "not a recognised image format"
@@ -97,6 +97,7 @@ def decode_image(data: bytes, size: int, channels: int = 3) -> tuple[np.ndarray,
                 if img.format == "JPEG" and (width > 2 * size or height > 2 * size):
                     img.draft(img.mode, (size, size))  # decode at a reduced scale: much faster, same result size
                 img.load()
+                img = ImageOps.exif_transpose(img)  # a camera's "rotate on display" tag: pixels as shown
                 has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
                 img = _to_8bit(img)
                 if has_alpha and img.mode not in ("L", "RGB"):

@@ -159,3 +159,15 @@ def test_discover_errors_and_masks_folder_is_not_images(tmp_path, make):
         discover(tmp_path / "flat")
     (tmp_path / "flat" / "a.png").write_bytes(make.png(np.zeros((4, 4), np.uint8)))
     assert [os.path.basename(p) for p in discover(tmp_path / "flat")["path"]] == ["a.png"]
+
+
+def test_exif_orientation_is_applied():
+    """A camera stores a portrait shot sideways with orientation 6 ("rotate 90° clockwise to show")."""
+    stored = np.zeros((32, 32, 3), np.uint8)
+    stored[:, :16] = 255  # left half white as stored: the top half once shown
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif)
+    arr, _ = decode_image(buf.getvalue(), 32, 3)
+    assert arr[:12].mean() > 200 and arr[-12:].mean() < 50
