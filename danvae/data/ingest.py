@@ -30,6 +30,7 @@ appended, so a crash leaves the previous manifest usable.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -104,6 +105,13 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; once per process
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temp file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +119,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the data set is shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -123,8 +132,12 @@ def _write_bytes_once(path: Path, data: bytes) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a partial file in the store
+        raise
 
 
 def _append_csv(path: Path, new: pd.DataFrame, columns: list[str], key: list[str]) -> None:

@@ -296,3 +296,14 @@ def test_a_source_holding_out_dir_does_not_reingest_the_store_or_masks(tmp_path)
     assert len(first.added) == 9
     again = ingest([("everything", data)], data, SIZE, 3, SHARES)  # flat walk of data/: store, masks, npy...
     assert again.added.empty and again.duplicates.empty and again.unchanged == 9
+
+
+def test_logs_and_manifest_are_readable_by_the_group_not_0600(bad_corpus, tmp_path):
+    out = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        ingest(bad_corpus.sources(), out, image_size=SIZE, channels=3, split=SHARES, batch="b1")
+    finally:
+        os.umask(old)
+    for name in ("quarantine.csv", "duplicates.csv", "manifest.parquet"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
