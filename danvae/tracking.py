@@ -21,6 +21,7 @@ import json
 import numbers
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -286,6 +287,39 @@ def git_dirty(cwd: str | Path | None = None) -> bool | None:
 # ---- a training run -----------------------------------------------------------------------
 
 
+OWNER_HOST_TAG, OWNER_PID_TAG = "danvae.host", "danvae.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def end_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this experiment started on this host by a process that
+    no longer exists (a training killed with -9 or a lost machine cannot end its own run).
+    Returns their ids; a failure to look is not an error (the new run still starts)."""
+    client = mlflow.MlflowClient()
+    host, ended = socket.gethostname(), []
+    try:
+        runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200)
+        for run in runs:
+            tags = run.data.tags
+            pid = tags.get(OWNER_PID_TAG, "")
+            if tags.get(OWNER_HOST_TAG) == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                client.set_terminated(run.info.run_id, status="KILLED")
+                client.set_tag(run.info.run_id, "danvae.ended_by", "a later run found its process gone")
+                ended.append(run.info.run_id)
+    except tracking_failures():
+        pass
+    return ended
+
+
 class TrainingRun:
     """One MLflow run around a training: params, provenance tags, per-epoch metrics, the model.
 
@@ -328,9 +362,11 @@ class TrainingRun:
         from danvae import __version__
 
         tags["danvae_version"] = __version__
+        tags.update({OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())})
         tags.update({k: str(v) for k, v in self.tags.items()})
         try:
             self.experiment_id = get_or_create_experiment(self.experiment)
+            end_orphaned_runs(self.experiment_id)
             active = mlflow.start_run(run_id=self.resume_run_id, experiment_id=self.experiment_id,
                                       run_name=self.run_name if self.resume_run_id is None else None, tags=tags)
         except tracking_failures() as exc:

@@ -34,3 +34,28 @@ def test_a_server_that_is_down_fails_fast_without_leaking_the_token(monkeypatch)
     message = str(err.value)
     assert "s3cret" not in message and "alice" not in message and "\n" not in message
     assert "127.0.0.1" in message
+
+
+def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal\n"
+        "from danvae.tracking import TrainingRun\n"
+        "run = TrainingRun('orphans').__enter__()\n"
+        "print(run.run_id, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert killed.returncode == -9
+    orphan = killed.stdout.split()[-1]
+    client = MlflowClient(uri)
+    assert client.get_run(orphan).info.status == "RUNNING"
+    with TrainingRun("orphans", tracking_uri=uri) as run:
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(run.run_id).info.status == "FINISHED"
