@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from danvae.augment import relight, synthesize_defects
 from danvae.config import TrainConfig
-from danvae.model_file import load_weights
+from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.scores import image_brightness
+
+log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux", "head", "adversary")
 REFERENCE_PIXELS = 3 * 128 * 128
@@ -76,6 +80,17 @@ class TrainingData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def _check_fits(state: dict, model: nn.Module) -> None:
+    """Refuse (ValueError) a checkpoint whose weights are not exactly this model's, before any is copied."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if want != got:
+        differ = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise ValueError(f"weights do not fit this model (first difference: {differ[0]})")
+    for key in ("epoch", "history"):
+        state[key]  # noqa: B018 - KeyError when absent
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -345,9 +360,18 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        state = load_weights(path, map_location=self.device)
+        try:
+            state = load_weights(path, map_location=self.device)
+            _check_fits(state, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (CorruptModelFileError, UnsafeModelFileError, KeyError, TypeError, ValueError) as exc:
+            # a checkpoint that cannot be resumed must not fail every rerun: set it aside, start afresh
+            aside = path.with_name(path.name + ".unusable")
+            os.replace(path, aside)
+            log.warning("checkpoint %s cannot be resumed (%s); moved to %s, training from epoch 1",
+                        path, " ".join(str(exc).split())[:200], aside.name)
+            return False
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
         return True

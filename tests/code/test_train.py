@@ -115,3 +115,23 @@ def test_the_best_validation_epoch_is_kept(tmp_path, on_disk):
                   on_epoch_end=lambda e, r: {"val_auroc": 0.5})
     off.fit(data)
     assert off.best_epoch is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other-model"])
+def test_an_unusable_checkpoint_is_set_aside_and_training_starts_afresh(tmp_path, damage):
+    data = _tiny_data()
+    cfg = TrainConfig(epochs=2, warmup_epochs=0, batch_size=8, seed=3)
+    Trainer(_model(0), cfg, tmp_path, progress=False).fit(data)
+    last = tmp_path / "checkpoints" / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:200])
+    else:
+        other = Trainer(build_model(ModelConfig(zx_dim=6, zy_dim=2), 3, 32), cfg, tmp_path / "other", progress=False)
+        other.save_checkpoint(0)
+        last.write_bytes((tmp_path / "other" / "checkpoints" / "last.pt").read_bytes())
+    again = Trainer(_model(0), cfg, tmp_path, progress=False)
+    history = again.fit(data)
+    assert again.start_epoch == 0 and len(history) == 2
+    assert (tmp_path / "checkpoints" / "last.pt.unusable").exists()
+    fresh = Trainer(_model(0), cfg, progress=False).fit(data)
+    assert [h["total"] for h in history] == [h["total"] for h in fresh]
