@@ -24,6 +24,7 @@ part-way raises :class:`RegistrationError` with a one-line message.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from danvae.tracking import TrackingError, configure_tracking, failure_cause, qu
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_URI_TAG = "danvae.model_uri"
+MODEL_SHA256_TAG = "danvae.model_sha256"  # of detector.pt: a scorer checks what it loads
 DEFAULT_MIN_AUROC = 0.6
 DEFAULT_AUROC_TOLERANCE = 0.01
 DEFAULT_DARK_TOLERANCE = 0.02
@@ -59,6 +61,10 @@ class PromotionError(RegistryError):
 
 class ModelNotFoundError(RegistryError, FileNotFoundError):
     """No model at the given URI (unknown name, version or alias)."""
+
+
+class ModelIntegrityError(RegistryError):
+    """The model file fetched for a registered version is not the one that was registered."""
 
 
 class IncompatibleModelError(RegistryError):
@@ -210,6 +216,30 @@ def _load_saved(path: Path, uri: str, device: str, mlflow_model: bool = True):
         ) from exc
 
 
+def model_file_sha256(detector_dir: str | Path) -> str:
+    """SHA-256 of a saved detector's weights file."""
+    from danvae.detector import DETECTOR_FILE
+
+    return hashlib.sha256((Path(detector_dir) / DETECTOR_FILE).read_bytes()).hexdigest()
+
+
+def _verify_registered_file(uri: str, detector_dir: Path) -> None:
+    """For ``models:/name@alias`` and ``models:/name/N``: the fetched weights must hash to the
+    version's :data:`MODEL_SHA256_TAG` (versions registered without one are not checked)."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if not m:
+        return
+    client = _client(None)
+    try:
+        mv = client.get_model_version_by_alias(m[1], m[2]) if m[2] else client.get_model_version(m[1], m[3])
+    except tracking_failures() as exc:
+        raise RegistryError(f"could not read the registry entry of {uri}: {failure_cause(exc)}") from exc
+    want = (mv.tags or {}).get(MODEL_SHA256_TAG)
+    if want and model_file_sha256(detector_dir) != want:
+        raise ModelIntegrityError(f"{uri} (version {mv.version}): the fetched model file does not match the "
+                                  f"SHA-256 registered with it; it was changed after registration and is not loaded")
+
+
 def load_detector(uri: str | Path, device: str = "cpu"):
     """A :class:`~danvae.detector.Detector` from ``models:/name@alias``, ``models:/name/3``,
     ``models:/<model id>``, ``runs:/<run id>/model``, an MLflow model folder, or a folder
@@ -240,6 +270,7 @@ def load_detector(uri: str | Path, device: str = "cpu"):
             raise RegistryError(f"could not fetch {text}: {failure_cause(exc)}") from exc
         if not (path / "MLmodel").is_file():
             raise ModelNotFoundError(f"{text} is not an MLflow model (no MLmodel file)")
+        _verify_registered_file(text, _detector_dir(path))
         return _load_saved(_detector_dir(path), text, device)
 
 

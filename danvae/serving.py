@@ -194,6 +194,9 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
     with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():
         staged = Path(tmp)
         detector.save(staged / DETECTOR_ARTIFACT)
+        from danvae.registry import MODEL_SHA256_TAG, model_file_sha256
+
+        sha256 = model_file_sha256(staged / DETECTOR_ARTIFACT)
         code = _staged_package(staged / "code")
         info = mlflow.pyfunc.log_model(
             name=name,
@@ -209,10 +212,12 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
                                  "threshold": meta["threshold"], "threshold_method": meta["threshold_method"],
                                  "output_columns": list(OUTPUT_COLUMNS)}},
         )
+    info.danvae_model_sha256 = sha256  # register with tags={MODEL_SHA256_TAG: it}; scorers verify it
     if registered_model_name:
         from danvae.registry import register_version
 
         mv = register_version(info.model_uri, registered_model_name, run_id=info.run_id,
-                              model_id=getattr(info, "model_id", None), wait_s=await_registration_for)
+                              model_id=getattr(info, "model_id", None), wait_s=await_registration_for,
+                              tags={MODEL_SHA256_TAG: sha256})
         info.registered_model_version = int(mv.version)
     return info

@@ -14,7 +14,7 @@ from pathlib import Path
 from danvae.config import Params
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import test_rows
-from danvae.registry import promote, register_version
+from danvae.registry import MODEL_SHA256_TAG, promote, register_version
 from danvae.tracking import configure_tracking
 
 
@@ -34,7 +34,8 @@ def register_and_promote(project_dir: Path, params: Params, validation_passed_: 
     name = params.tracking.registered_model
     version = run.get("registered_version")
     if not version or run.get("registered_model") != name:
-        version = str(register_version(run["model_uri"], name, run_id=run["run_id"]).version)
+        tags = {MODEL_SHA256_TAG: run["model_sha256"]} if run.get("model_sha256") else None
+        version = str(register_version(run["model_uri"], name, run_id=run["run_id"], tags=tags).version)
     manifest = load_manifest(project_dir / "data")
     test = test_rows(manifest, params.data.test_anomaly_share)
     images = load_images(project_dir / "data")[test["row"].to_numpy()]

@@ -12,7 +12,7 @@ from danvae.data.ingest import load_images, load_manifest
 from danvae.data.masks import has_mask, load_masks
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
-from danvae.registry import register_version
+from danvae.registry import MODEL_SHA256_TAG, register_version
 from danvae.tracking import TrainingRun, configure_tracking
 from pipelines.stages.common import RUN_FILE, run_stage, write_json
 
@@ -51,10 +51,11 @@ def main(params: Params) -> None:
                      on_epoch_end=run.on_epoch_end, masks=load_masks(DATA, train, params.data.image_size),
                      has_mask=has_mask(train))
         info = run.log_model(detector, limits=params.serve.model_dump())
-    record = run.summary()
+    record = {**run.summary(), "model_sha256": info.danvae_model_sha256}
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
     write_json(RUN_FILE, record)
-    version = register_version(info.model_uri, params.tracking.registered_model, run_id=run.run_id)
+    version = register_version(info.model_uri, params.tracking.registered_model, run_id=run.run_id,
+                               tags={MODEL_SHA256_TAG: record["model_sha256"]})
     record.update(registered_model=params.tracking.registered_model, registered_version=str(version.version))
     write_json(RUN_FILE, record)
     last = detector.history[-1]

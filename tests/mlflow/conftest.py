@@ -24,7 +24,7 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 SIZE = 32
 MODEL_NAME = "danvae-test"
-SERVE_LIMITS = {"max_pixels": 48 * 48, "max_batch": 16}  # small, so the serve test can cross them
+SERVE_LIMITS = {"max_pixels": 48 * 48, "max_batch": 100}  # small, so the serve test can cross them
 
 # Fail fast when a server is down on purpose, instead of MLflow's minutes of retries.
 TEST_ENV = {
@@ -255,7 +255,7 @@ class Trained:
 def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) -> Trained:
     """What the train stage does: one run with params, tags and per-epoch metrics around the
     fit; the detector saved and logged as a pyfunc; run.json; then the registration."""
-    from danvae.registry import register_version
+    from danvae.registry import MODEL_SHA256_TAG, register_version
     from danvae.tracking import TrainingRun
 
     det = new_detector()
@@ -266,5 +266,5 @@ def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) ->
         det.save(out / "detector")
         info = run.log_model(det, limits=SERVE_LIMITS)
         run_json = run.write_run_json(out / "run.json")
-    mv = register_version(info.model_uri, name, run_id=run.run_id)
+    mv = register_version(info.model_uri, name, run_id=run.run_id, tags={MODEL_SHA256_TAG: info.danvae_model_sha256})
     return Trained(det, run.run_id, info.model_uri, str(mv.version), run_json, out / "detector")

@@ -258,4 +258,29 @@ def test_a_promotion_cut_short_leaves_no_false_decision_and_a_rerun_completes(sq
     decision = promote(None, name, mv.version, surfaces.test_images, surfaces.test_labels, min_auroc=0.0)
     assert decision.promoted
     assert client.get_model_version(name, mv.version).tags["gate.decision"] == "promoted"
-    assert client.get_registered_model(name).aliases["champion"] == str(mv.version)
+    assert str(client.get_registered_model(name).aliases["champion"]) == str(mv.version)
+
+
+def test_a_model_file_changed_after_registration_is_not_loaded(sqlite_default, trained, tmp_path):
+    from urllib.parse import urlparse
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from danvae.registry import MODEL_SHA256_TAG, ModelIntegrityError, load_detector
+    from danvae.serving import log_detector
+
+    name = "danvae-tampered"
+    with mlflow.start_run(run_name="to-be-tampered"):
+        info = log_detector(trained.detector, registered_model_name=name)
+    mv = MlflowClient().get_model_version(name, str(info.registered_model_version))
+    assert mv.tags[MODEL_SHA256_TAG] == info.danvae_model_sha256
+    load_detector(f"models:/{name}@challenger")  # intact: loads
+
+    stored = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
+    [weights] = list(stored.rglob("detector.pt"))
+    scrambled(trained.detector).save(tmp_path / "other")
+    weights.write_bytes((tmp_path / "other" / "detector.pt").read_bytes())  # a valid file, another model
+    for uri in (f"models:/{name}@challenger", f"models:/{name}/{mv.version}"):
+        with pytest.raises(ModelIntegrityError, match="SHA-256"):
+            load_detector(uri)
