@@ -94,7 +94,7 @@ def test_full_cycle_and_every_uri_kind(sqlite_default, trained, surfaces):
     mixed[0], mixed[1] = surfaces.test_images[0], surfaces.test_images[1][4:28, :, :1]
     got = model.predict(mixed)["score"].to_numpy()
     one = [trained.detector.score_table(m[None])["score"].iloc[0] for m in mixed]
-    np.testing.assert_allclose(got, one, rtol=1e-6)
+    np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-6)  # batch of 2 vs 1: cdist and conv round differently
 
 
 def test_degraded_is_rejected_and_force_needs_a_reason(sqlite_default, trained, surfaces):
