@@ -18,6 +18,7 @@ database file (git-ignored, like ``mlflow.db``); with a server, the server decid
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import os
 import re
@@ -287,6 +288,8 @@ def git_dirty(cwd: str | Path | None = None) -> bool | None:
 # ---- a training run -----------------------------------------------------------------------
 
 
+log = logging.getLogger(__name__)
+
 OWNER_HOST_TAG, OWNER_PID_TAG = "danvae.host", "danvae.pid"
 
 
@@ -315,8 +318,8 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
                 client.set_terminated(run.info.run_id, status="KILLED")
                 client.set_tag(run.info.run_id, "danvae.ended_by", "a later run found its process gone")
                 ended.append(run.info.run_id)
-    except tracking_failures():
-        pass
+    except tracking_failures() as exc:
+        log.warning("could not look for runs left RUNNING by killed trainings: %s", failure_cause(exc))
     return ended
 
 

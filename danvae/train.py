@@ -89,8 +89,9 @@ def _check_fits(state: dict, model: nn.Module) -> None:
     if want != got:
         differ = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
         raise ValueError(f"weights do not fit this model (first difference: {differ[0]})")
-    for key in ("epoch", "history"):
-        state[key]  # noqa: B018 - KeyError when absent
+    missing = [k for k in ("epoch", "history", "optimizer") if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint lacks {', '.join(missing)}")
 
 
 def pick_device(preference: str = "auto") -> torch.device:

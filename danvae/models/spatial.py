@@ -87,13 +87,15 @@ class _SpatialBase(AnomalyVAE):
         return self.head(S.normalise_brightness(x, level), S.normalise_brightness(x_hat.detach(), level),
                          dissimilarity)
 
-    def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
+                          ) -> torch.Tensor:
         """The head's defect probability per pixel, averaged over the image and its mirror
         images (a mirrored normal surface is still a normal surface; a texture feature that
         fools the head in one orientation rarely does in all four)."""
         views = [(), (-1,), (-2,), (-2, -1)] if self.head_tta else [()]
         total = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
-        dissimilarity = self_dissimilarity_map(x)
+        if dissimilarity is None:
+            dissimilarity = self_dissimilarity_map(x)
         for dims in views:
             a, b, d = (x.flip(dims), x_hat.flip(dims), dissimilarity.flip(dims)) if dims else (x, x_hat, dissimilarity)
             p = torch.sigmoid(self._head_logits(a, b, d).float())
@@ -136,7 +138,7 @@ class _SpatialBase(AnomalyVAE):
             "selfsim_max": self_dissimilarity_map(x),
         }
         if self.head is not None:
-            maps["head_max"] = self._head_probability(x, x_hat)
+            maps["head_max"] = self._head_probability(x, x_hat, maps["selfsim_max"])
         out = {
             "kl_zx": kl_zx,
             "llr_zx": llr.flatten(1).max(dim=1).values,
