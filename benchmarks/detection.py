@@ -85,6 +85,8 @@ def run(variant: str, seed: int, args) -> dict:
     det.fit(train["images"], train["anomaly"], masks=train["masks"], val_images=val["images"],
             val_is_anomaly=val["anomaly"], progress=False)
     seconds = time.perf_counter() - t0
+    if args.save_dir:
+        det.save(args.save_dir / f"{variant}{'-' + args.tag if args.tag else ''}-s{seed}-{args.difficulty}")
     table, maps = det.score_table(test["images"], heatmaps=True)
     labels = test["anomaly"]
     table["label"] = np.where(labels, "anomaly", "normal")
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="a label stored with each result")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.jsonl"))
     ap.add_argument("--summarize", type=Path, default=None)
+    ap.add_argument("--save-dir", type=Path, default=None, help="also save each trained detector under this folder")
     args = ap.parse_args()
     if args.summarize:
         print(summarize(args.summarize))

@@ -290,23 +290,49 @@ def _existing_images(out_dir: Path, manifest: pd.DataFrame, size: int, channels:
 
 
 def _repack(out_dir: Path, manifest: pd.DataFrame, size: int, channels: int, workers: int | None,
-            progress: bool) -> tuple[pd.DataFrame, np.ndarray, list[tuple[str, str]]]:
-    """Decode every stored original again at ``size``/``channels`` (the store is the truth)."""
+            progress: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """Decode every stored original again at ``size``/``channels`` (the store is the truth).
+
+    A stored copy that is missing or damaged is restored from its source file when that
+    still holds the same content; if any row can be restored from neither, nothing is
+    changed and DataError says which — the manifest never loses a row.
+    """
     jobs = [(str(out_dir / p), "") for p in manifest["stored_path"]]
     results = _run(jobs, size, channels, None, set(), workers, progress)
-    keep, arrays, bad = [], [], []
+    lost = []
     for i, res in enumerate(results):
-        if res[0] != "ok":
-            bad.append((str(manifest["path"].iloc[i]), f"stored copy {manifest['stored_path'].iloc[i]} unusable: {res[1]}"))
+        if res[0] == "ok":
             continue
-        keep.append(i)
-        arrays.append(res[2])
-    table = manifest.iloc[keep].copy()
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, channels), np.uint8)
+        row = manifest.iloc[i]
+        healed = _process_from_source(row, size, channels, out_dir)
+        if healed is None:
+            lost.append(f"{row['stored_path']} ({res[1]}; source {row['path']} gone or changed)")
+        else:
+            results[i] = healed
+    if lost:
+        raise DataError(f"cannot re-pack at {size}px x {channels} channels: {len(lost)} stored "
+                        f"cop{'y is' if len(lost) == 1 else 'ies are'} unusable and cannot be restored: "
+                        f"{'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}. Restore {out_dir / STORE} "
+                        "(e.g. dvc pull) or go back to the previous image_size/channels; nothing was changed")
+    images = np.stack([r[2] for r in results]) if results else np.zeros((0, size, size, channels), np.uint8)
+    table = manifest.copy()
     table["row"] = np.arange(len(table))
     table["brightness"] = brightness(images) if len(images) else np.zeros(0)
     table["resized"] = (table["width"] != size) | (table["height"] != size)
-    return _typed(table), images, bad
+    return _typed(table), images
+
+
+def _process_from_source(row: pd.Series, size: int, channels: int, out_dir: Path) -> tuple | None:
+    """Re-read a row's source file and put it back in the store, if it still hashes to the row's id."""
+    _init_worker(size, channels, None, frozenset())
+    res = _process((str(row["path"]), ""))
+    if res[0] != "ok" or res[1] != row["id"]:
+        return None
+    damaged = out_dir / row["stored_path"]
+    damaged.unlink(missing_ok=True)
+    _write_bytes_once(damaged, read_file_bytes(str(row["path"])))
+    log.warning("stored copy %s was unusable; restored from %s", row["stored_path"], row["path"])
+    return res
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -342,8 +368,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
     rebuilt = False
     if old_images is None and len(manifest):
         log.warning("re-packing %d stored images at %dpx x %d channels", len(manifest), image_size, channels)
-        manifest, repacked, bad = _repack(out_dir, manifest, image_size, channels, workers, progress)
-        quarantine += bad
+        manifest, repacked = _repack(out_dir, manifest, image_size, channels, workers, progress)
         _write_images(out_dir / IMAGES, None, repacked)
         old_images, rebuilt = np.load(out_dir / IMAGES, mmap_mode="r"), True
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 
 from danvae.config import FolderSource, SplitShares, SyntheticSource
 from danvae.data import ingest as ingest_mod
+from danvae.data.folders import DataError
 from danvae.data.ingest import (
     MANIFEST_COLUMNS,
     ingest,
@@ -202,8 +204,6 @@ def test_labels_and_masks_from_a_generated_folder(surfaces, tmp_path):
 
 
 def test_masks_are_optional(surfaces, tmp_path):
-    import shutil
-
     a, _ = surfaces
     copy = tmp_path / "nomasks"
     shutil.copytree(a, copy)
@@ -307,3 +307,29 @@ def test_logs_and_manifest_are_readable_by_the_group_not_0600(bad_corpus, tmp_pa
         os.umask(old)
     for name in ("quarantine.csv", "duplicates.csv", "manifest.parquet"):
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_repack_restores_a_lost_stored_copy_from_its_source_or_refuses(surfaces, tmp_path):
+    a, _ = surfaces
+    out = tmp_path / "data"
+    first = ingest([("a", a)], out, SIZE, 3, SHARES).manifest
+    lost, damaged = (out / p for p in first["stored_path"].iloc[:2])
+    lost.unlink()
+    damaged.write_bytes(b"not an image any more")
+    result = ingest([("a", a)], out, 24, 3, SHARES)  # a new image size re-packs from the store
+    assert result.rebuilt and len(result.manifest) == len(first) == len(load_images(out))
+    assert lost.is_file() and hashlib.sha256(damaged.read_bytes()).hexdigest() == first["id"].iloc[1]
+
+    # a stored copy whose source file is gone too: the re-pack refuses and changes nothing
+    copy = tmp_path / "copy"
+    shutil.copytree(a, copy)
+    ingest([("c", copy)], tmp_path / "data2", SIZE, 3, SHARES)
+    before = _snapshot(tmp_path / "data2")
+    row = load_manifest(tmp_path / "data2").iloc[0]
+    (tmp_path / "data2" / row["stored_path"]).unlink()
+    Path(row["path"]).unlink()
+    with pytest.raises(DataError, match=r"cannot re-pack at 24px .*1 stored copy is unusable.*nothing was changed"):
+        ingest([("c", copy)], tmp_path / "data2", 24, 3, SHARES)
+    after = _snapshot(tmp_path / "data2")
+    assert after["manifest.parquet"] == before["manifest.parquet"] and after["images.npy"] == before["images.npy"]
+    assert len(load_manifest(tmp_path / "data2")) == len(first)
