@@ -20,7 +20,8 @@ def _resolved(path: Path) -> str:
 def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incoming") -> list[str]:
     """Image files under ``incoming`` (relative to the project) whose sha256 is not in the manifest.
 
-    Files an earlier ingest refused (``data/quarantine.csv``) and not modified since are not new."""
+    Files an earlier ingest refused (``data/quarantine.csv``) and not modified since it last
+    refused them are not new."""
     import pandas as pd
 
     from danvae.data.folders import scan
@@ -36,9 +37,10 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
     if qpath.exists():
         try:
             q = pd.read_csv(qpath, dtype=str, keep_default_na=False)
-            for path, seen in zip(q.get("path", []), q.get("seen_at", []), strict=False):
+            last = q["last_seen_at"] if "last_seen_at" in q else q.get("seen_at", [])
+            for path, seen, latest in zip(q.get("path", []), q.get("seen_at", []), last, strict=False):
                 try:
-                    when = datetime.fromisoformat(seen).timestamp()
+                    when = max(datetime.fromisoformat(t).timestamp() for t in (seen, latest or seen))
                 except ValueError:
                     continue
                 for key in (path, _resolved(root / path)):

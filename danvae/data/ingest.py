@@ -62,7 +62,7 @@ MANIFEST_COLUMNS = ["id", "path", "source", "label", "defect", "brightness", "wi
                     "resized", "split", "batch", "ingested_at", "row", "stored_path", "mask_path"]
 _DTYPES = {"brightness": "float64", "width": "int64", "height": "int64", "channels": "int64",
            "resized": "bool", "row": "int64"}  # every other column is text
-QUARANTINE_COLUMNS = ["path", "reason", "batch", "seen_at"]
+QUARANTINE_COLUMNS = ["path", "reason", "batch", "seen_at", "last_seen_at"]
 DUPLICATE_COLUMNS = ["path", "id", "duplicate_of", "note", "batch", "seen_at"]
 
 MANIFEST, IMAGES, STORE = "manifest.parquet", "images.npy", "store"
@@ -140,8 +140,10 @@ def _write_bytes_once(path: Path, data: bytes) -> None:
         raise
 
 
-def _append_csv(path: Path, new: pd.DataFrame, columns: list[str], key: list[str]) -> None:
-    """Append rows to a CSV log, keeping the first record of each ``key``; always leaves the file."""
+def _append_csv(path: Path, new: pd.DataFrame, columns: list[str], key: list[str], refresh: str | None = None
+                ) -> None:
+    """Append rows to a CSV log, keeping the first record of each ``key``; always leaves the file.
+    ``refresh``: a column that takes the newest value of its key (the other columns keep the first)."""
     old = _empty(columns)
     if path.exists():
         try:
@@ -151,8 +153,11 @@ def _append_csv(path: Path, new: pd.DataFrame, columns: list[str], key: list[str
         for c in columns:
             if c not in old.columns:
                 old[c] = ""
-    both = pd.concat([old[columns], new[columns].astype(str)], ignore_index=True).drop_duplicates(key, keep="first")
-    if path.exists() and len(both) == len(old):
+    both = pd.concat([old[columns], new[columns].astype(str)], ignore_index=True)
+    if refresh is not None:
+        both[refresh] = both.groupby(key, sort=False)[refresh].transform("max")
+    both = both.drop_duplicates(key, keep="first")
+    if path.exists() and both.reset_index(drop=True).equals(old[columns].reset_index(drop=True)):
         return
     _atomic_write(path, lambda tmp: both.to_csv(tmp, index=False))
 
@@ -442,7 +447,8 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
     d = pd.DataFrame(dups, columns=["path", "id", "duplicate_of", "note"])
     for frame in (q, d):
         frame["batch"], frame["seen_at"] = batch, stamp
-    _append_csv(out_dir / QUARANTINE, q, QUARANTINE_COLUMNS, ["path", "reason"])
+    q["last_seen_at"] = stamp
+    _append_csv(out_dir / QUARANTINE, q, QUARANTINE_COLUMNS, ["path", "reason"], refresh="last_seen_at")
     _append_csv(out_dir / DUPLICATES, d, DUPLICATE_COLUMNS, ["path", "id"])
     for path, reason in q[["path", "reason"]].head(20).itertuples(index=False, name=None):
         log.info("quarantined %s: %s", path, reason)

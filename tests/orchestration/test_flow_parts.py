@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -42,6 +43,29 @@ def test_new_images_are_content_hashes_not_in_the_manifest(tmp_path):
     (tmp_path / "data" / "quarantine.csv").write_text(
         "path,reason,batch,seen_at\ndata/incoming/broken.png,cannot read image,b1,2999-01-01T00:00:00+00:00\n")
     assert find_new_images(tmp_path) == ["data/incoming/a.png"]
+
+
+def test_a_bad_file_changed_after_quarantine_is_retried_once_not_on_every_run(tmp_path):
+    from danvae.data.ingest import ingest
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    incoming = tmp_path / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(incoming / "good.png")
+    bad = incoming / "broken.png"
+    bad.write_bytes(b"not a png")
+    os.utime(bad, (9e8, 9e8))  # 1998
+    ingest([("incoming", incoming)], tmp_path / "data", 8)
+    assert find_new_images(tmp_path) == []
+    log = tmp_path / "data" / "quarantine.csv"  # let that first refusal date from 2001
+    rows = pd.read_csv(log, dtype=str)
+    rows["seen_at"] = rows["last_seen_at"] = "2001-09-09T01:46:40+00:00"
+    rows.to_csv(log, index=False)
+    bad.write_bytes(b"still not a png")  # changed since (2010): worth one more try
+    os.utime(bad, (1.3e9, 1.3e9))
+    assert find_new_images(tmp_path) == ["data/incoming/broken.png"]
+    ingest([("incoming", incoming)], tmp_path / "data", 8, batch="again")  # refused again, same reason
+    assert find_new_images(tmp_path) == [], "a file refused again for the same reason must not count as new"
 
 
 def test_retrain_skips_with_a_message_while_another_holds_the_lock(prefect_server, tmp_path):
