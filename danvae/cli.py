@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from danvae.cli_promote import add_promote_parser
 from danvae.config import ModelConfig, ModelName, ScoreConfig, TrainConfig
-from danvae.data.folders import DataError, discover, pack
+from danvae.data.folders import DataError, discover, pack, scan
+from danvae.data.masks import find_masks, has_mask, load_masks
 from danvae.detector import Detector
 from danvae.evaluate import EvaluationError, evaluate_scores
 from danvae.images import ImageError
@@ -41,6 +42,23 @@ def _read_folder(data_dir: str, size: int, channels: int):
     return packed
 
 
+def _read_masks(data_dir: str, packed, size: int) -> tuple:
+    """Defect masks of the packed anomalies (``masks/<defect>/`` or MVTec's ``ground_truth/``),
+    N×size×size, and which rows have one (normals do: nothing is defective). (None, None)
+    when the folder holds no mask; a mask that cannot be read is reported and left out."""
+    found = scan(data_dir)
+    mask_of = dict(zip(found.found["path"], find_masks(found)))
+    rows = pd.DataFrame({"mask_path": [mask_of.get(p, "") for p in packed.table["path"]]})
+    listed = has_mask(rows)
+    if not listed.any():
+        return None, None
+    masks = load_masks("", rows, size)
+    usable = listed & masks.any(axis=(1, 2))
+    for path in rows["mask_path"][listed & ~usable]:
+        print(f"danvae: mask {path} is empty or unreadable; its image trains without a mask", file=sys.stderr)
+    return masks, usable | (packed.table["label"] == "normal").to_numpy()
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from danvae.data.synthetic import generate_surfaces
 
@@ -57,9 +75,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     labels = packed.table["label"]
     if not (labels == "normal").any():
         raise CommandError(f"no normal images under {args.data}: put them in {Path(args.data) / 'normal'}/")
+    masks, known = _read_masks(args.data, packed, args.image_size)
     det = Detector(model_cfg, image_size=args.image_size, channels=args.channels, train=train_cfg, score=ScoreConfig())
-    det.fit(packed.images, (labels == "anomaly").to_numpy(), run_dir=args.out)
-    print(f"trained {args.model} on {len(packed.images)} images → {args.out} "
+    det.fit(packed.images, (labels == "anomaly").to_numpy(), run_dir=args.out, masks=masks, has_mask=known)
+    n_masks = 0 if known is None else int((known & (labels == "anomaly").to_numpy()).sum())
+    print(f"trained {args.model} on {len(packed.images)} images ({n_masks} defect masks) → {args.out} "
           f"(score {det.score_kind}, threshold {det.threshold:.4g} by {det.threshold_method})")
 
 

@@ -94,3 +94,16 @@ def test_missing_model_and_scores_are_one_line_errors(tmp_path):
 def test_bad_option_value_is_one_line_error(trained, tmp_path):
     out = danvae("train", "--data", str(trained / "data"), "--out", str(tmp_path / "r"), "--epochs", "0")
     assert out.returncode != 0 and "epochs" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_reads_defect_masks_and_reports_a_bad_one(tmp_path):
+    data = tmp_path / "data"
+    assert main(["generate", str(data), "--normal", "24", "--anomaly", "8", "--size", "32", "--seed", "5"]) == 0
+    masks = sorted((data / "masks").rglob("*.png"))
+    assert len(masks) == 8
+    masks[0].write_bytes(b"not a png")
+    done = danvae("train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                  "--warmup-epochs", "1", "--image-size", "32")
+    assert done.returncode == 0, done.stderr
+    assert "(7 defect masks)" in done.stdout
+    assert f"mask {masks[0]} is empty or unreadable" in done.stderr and "Traceback" not in done.stderr
