@@ -160,24 +160,36 @@ def registry(repo: Repo):
     return MlflowClient(tracking_uri=f"sqlite:///{repo.path}/mlflow.db")
 
 
-def versions(repo: Repo, name: str = MODEL) -> list[int]:
-    if not (repo.path / "mlflow.db").exists():
-        return []
-    from mlflow.exceptions import MlflowException
+def _registry_db(repo: Repo) -> Path:
+    """The repo's sqlite registry file; a missing one is an error, not an empty registry (the
+    flows under test always create it, so its absence means they wrote somewhere else)."""
+    db = repo.path / "mlflow.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"no MLflow registry at {db}")
+    return db
 
-    try:
-        return sorted(int(v.version) for v in registry(repo).search_model_versions(f"name='{name}'"))
-    except MlflowException:
-        return []
+
+def versions(repo: Repo, name: str = MODEL) -> list[int]:
+    """Version numbers of ``name`` in the repo's registry ([] when the model is not registered);
+    raises when the registry cannot be read."""
+    _registry_db(repo)
+    return sorted(int(v.version) for v in registry(repo).search_model_versions(f"name='{name}'"))
 
 
 def champion(repo: Repo, name: str = MODEL) -> int | None:
+    """The version behind ``name``'s ``champion`` alias (None when the model or the alias does not
+    exist); raises when the registry cannot be read."""
     from mlflow.exceptions import MlflowException
 
+    from danvae.registry import CHAMPION, _is_missing
+
+    _registry_db(repo)
     try:
-        return int(registry(repo).get_model_version_by_alias(name, "champion").version)
-    except MlflowException:
-        return None
+        return int(registry(repo).get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
 
 
 def add_incoming(repo: Repo, seed: int, n_normal: int = 40, n_anomaly: int = 8) -> Path:
