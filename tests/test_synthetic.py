@@ -114,11 +114,43 @@ def test_ground_truth_brightness_is_recomputable_from_the_png(small_set):
         assert row.brightness == pytest.approx(rgb.max(axis=2).mean() / 255.0, abs=1e-9)
 
 
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.int64)
+
+
+def _mask(root: Path, file: str) -> np.ndarray:
+    path = root / "masks" / Path(file).parent.name / Path(file).name
+    with Image.open(path) as img:
+        return np.asarray(img) > 0
+
+
 def test_materials_subset_and_custom_difficulty_are_honoured(tmp_path):
-    custom = Difficulty("custom", contrast=0.3, scale=0.1)
-    table = generate_surfaces(tmp_path, n_normal=4, n_anomaly=4, size=16, materials=["wood"], difficulty=custom)
+    """Only the asked materials are drawn; a custom Difficulty's contrast sets how strongly a defect
+    changes its pixels (about twice as much at twice the contrast) and its scale
+    sets the defect's size (same seed, so the same surfaces and defect shapes otherwise)."""
+
+    def make(name: str, contrast: float, scale: float) -> tuple[Path, pd.DataFrame]:
+        root = tmp_path / name
+        table = generate_surfaces(root, n_normal=4, n_anomaly=8, size=32, seed=5, materials=["wood"],
+                                  difficulty=Difficulty(name, contrast=contrast, scale=scale))
+        return root, table
+
+    (flat, table), (low, _), (high, _), (big, _) = (make("flat", 0.0, 0.1), make("low", 0.3, 0.1),
+                                                    make("high", 0.6, 0.1), make("big", 0.3, 0.2))
     assert set(table.material) == {"wood"}
-    assert not list((tmp_path / "normal").glob("concrete"))
+    assert [p.name for p in (flat / "normal").iterdir()] == ["wood"]
+    files = table.file[table.label == "anomaly"].tolist()
+    change_low = change_high = 0
+    for f in files:
+        base = _rgb(flat / f)
+        change_low += int(np.abs(_rgb(low / f) - base).sum())
+        change_high += int(np.abs(_rgb(high / f) - base).sum())
+        assert (_mask(low, f) == _mask(high, f)).all()
+    assert change_low > 0, "a defect at contrast 0.3 must differ from the same defect at contrast 0"
+    assert 1.6 < change_high / change_low < 2.4
+    area = {root.name: np.mean([_mask(root, f).sum() for f in files]) for root in (low, big)}
+    assert area["big"] > 2 * area["low"]
 
 
 def test_zero_images_give_an_empty_table_with_the_columns(tmp_path):
