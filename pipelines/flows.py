@@ -401,12 +401,15 @@ def retrain(project_dir: str | None = None, params_path: str = "params.yaml",
             return Completed(message=message, data={"status": "skipped", "new_images": len(new), "waited": False,
                                                     "holder": flight.holder})
         logger.info("holding the retrain slot (%s)", " + ".join(flight.mechanisms))
-        if flight.waited:
-            new = new_images_task(str(root), incoming)
-            if not new:
-                message = f"{NO_NEW_IMAGES} (waited for another retrain, which took them in)"
-                logger.info("%s", message)
-                return Completed(message=message, data={"status": NO_NEW_IMAGES, "new_images": 0, "waited": True})
+        # looked again whatever `waited` says: another run may have taken the slot and the
+        # images between the first look and this one, however briefly this one waited
+        new = new_images_task(str(root), incoming)
+        if not new:
+            who = "waited for another retrain, which" if flight.waited else "another retrain"
+            message = f"{NO_NEW_IMAGES} ({who} took them in first)"
+            logger.info("%s", message)
+            return Completed(message=message, data={"status": NO_NEW_IMAGES, "new_images": 0,
+                                                    "waited": flight.waited})
         result = pipeline(project_dir=str(root), params_path=params_path)
     message = f"{len(new)} new images; {result['message']}"
     return Completed(message=message, data={"status": "retrained", "new_images": len(new), "waited": flight.waited,

@@ -13,6 +13,7 @@ from typing import Any
 
 RETRAIN_LIMIT = "danvae-retrain"
 LOCK_FILE = Path(".cache/retrain.lock")
+SLOW_ACQUIRE_S = 2.0  # an uncontended slot is granted well within this
 
 
 class SingleFlight:
@@ -65,7 +66,10 @@ class SingleFlight:
             self._log("another retrain holds the %r concurrency slot; waiting for it to finish (at most %g s)",
                       self.name, self.max_wait_s)
         if self.wait:
+            started = time.monotonic()
             self._stack.enter_context(concurrency(self.name, timeout_seconds=self.max_wait_s, **options))
+            if time.monotonic() - started > SLOW_ACQUIRE_S:  # taken by another between the read and now
+                self.waited = True
         else:
             try:  # one attempt, no timeout: taken, or refused (423) because another run just took it
                 self._stack.enter_context(concurrency(self.name, max_retries=0, **options))

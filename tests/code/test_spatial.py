@@ -160,4 +160,4 @@ def test_self_dissimilarity_peaks_on_a_planted_flaw_and_ignores_gain(size, chann
     assert float(m[0].median()) == pytest.approx(1.0, abs=0.35)  # ordinary texture reads ≈ 1
     dimmed = self_dissimilarity_map(x * 0.4)
     assert torch.allclose(dimmed, m, rtol=1e-3, atol=1e-3), "a change of gain alone must not move the map"
-    assert torch.allclose(self_dissimilarity_map(x.flip(-1)), m.flip(-1), atol=1e-4)
+    assert torch.allclose(self_dissimilarity_map(x.flip(-1)), m.flip(-1), atol=1e-3)  # float summation order only
