@@ -20,8 +20,8 @@ def _resolved(path: Path) -> str:
 def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incoming") -> list[str]:
     """Image files under ``incoming`` (relative to the project) whose sha256 is not in the manifest.
 
-    Files an earlier ingest refused (``data/quarantine.csv``) and not modified since it last
-    refused them are not new."""
+    Files an earlier ingest refused (``data/quarantine.csv``: when, and the file's mtime then)
+    and not modified since it last refused them are not new."""
     import pandas as pd
 
     from danvae.data.folders import scan
@@ -37,7 +37,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
     if qpath.exists():
         try:
             q = pd.read_csv(qpath, dtype=str, keep_default_na=False)
-            last = q["last_seen_at"] if "last_seen_at" in q else q.get("seen_at", [])
+            last = q["file_mtime"] if "file_mtime" in q else q.get("seen_at", [])
             for path, seen, latest in zip(q.get("path", []), q.get("seen_at", []), last, strict=False):
                 try:
                     when = max(datetime.fromisoformat(t).timestamp() for t in (seen, latest or seen))
@@ -52,7 +52,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
         p = Path(path)
         rel = os.path.relpath(p, root)
         try:
-            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime:
+            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime - 1e-6:
                 continue
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
         except OSError:

@@ -62,7 +62,7 @@ MANIFEST_COLUMNS = ["id", "path", "source", "label", "defect", "brightness", "wi
                     "resized", "split", "batch", "ingested_at", "row", "stored_path", "mask_path"]
 _DTYPES = {"brightness": "float64", "width": "int64", "height": "int64", "channels": "int64",
            "resized": "bool", "row": "int64"}  # every other column is text
-QUARANTINE_COLUMNS = ["path", "reason", "batch", "seen_at", "last_seen_at"]
+QUARANTINE_COLUMNS = ["path", "reason", "batch", "seen_at", "file_mtime"]
 DUPLICATE_COLUMNS = ["path", "id", "duplicate_of", "note", "batch", "seen_at"]
 
 MANIFEST, IMAGES, STORE = "manifest.parquet", "images.npy", "store"
@@ -92,6 +92,15 @@ class IngestResult:
 # ----------------------------------------------------------------------------- small helpers
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _mtime(path: str) -> str:
+    """A refused file's modification time (UTC, to the microsecond), "" where it has none;
+    the new-image finder takes a file refused at this mtime as not new."""
+    try:
+        return datetime.fromtimestamp(os.stat(path).st_mtime, UTC).isoformat(timespec="microseconds")
+    except (OSError, ValueError):
+        return ""
 
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
@@ -447,8 +456,8 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
     d = pd.DataFrame(dups, columns=["path", "id", "duplicate_of", "note"])
     for frame in (q, d):
         frame["batch"], frame["seen_at"] = batch, stamp
-    q["last_seen_at"] = stamp
-    _append_csv(out_dir / QUARANTINE, q, QUARANTINE_COLUMNS, ["path", "reason"], refresh="last_seen_at")
+    q["file_mtime"] = [_mtime(p) for p in q["path"]]
+    _append_csv(out_dir / QUARANTINE, q, QUARANTINE_COLUMNS, ["path", "reason"], refresh="file_mtime")
     _append_csv(out_dir / DUPLICATES, d, DUPLICATE_COLUMNS, ["path", "id"])
     for path, reason in q[["path", "reason"]].head(20).itertuples(index=False, name=None):
         log.info("quarantined %s: %s", path, reason)

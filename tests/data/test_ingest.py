@@ -69,7 +69,7 @@ def test_corpus_every_bad_file_quarantined_every_good_file_kept(bad_corpus, tmp_
     assert not any(_name(p) in bad_corpus.good for p in result.quarantine["path"])
 
     on_disk = pd.read_csv(out / "quarantine.csv", keep_default_na=False)
-    assert list(on_disk.columns) == ["path", "reason", "batch", "seen_at", "last_seen_at"]
+    assert list(on_disk.columns) == ["path", "reason", "batch", "seen_at", "file_mtime"]
     assert len(on_disk) == len(result.quarantine) and set(on_disk["batch"]) == {"b1"}
 
     # packed images line up with the manifest, and the brightness is that of the packed image

@@ -59,9 +59,9 @@ def test_a_bad_file_changed_after_quarantine_is_retried_once_not_on_every_run(tm
     assert find_new_images(tmp_path) == []
     log = tmp_path / "data" / "quarantine.csv"  # let that first refusal date from 2001
     rows = pd.read_csv(log, dtype=str)
-    rows["seen_at"] = rows["last_seen_at"] = "2001-09-09T01:46:40+00:00"
+    rows["seen_at"] = rows["file_mtime"] = "2001-09-09T01:46:40+00:00"
     rows.to_csv(log, index=False)
-    bad.write_bytes(b"still not a png")  # changed since (2010): worth one more try
+    bad.write_bytes(b"still not a png")  # changed since (2011): worth one more try
     os.utime(bad, (1.3e9, 1.3e9))
     assert find_new_images(tmp_path) == ["data/incoming/broken.png"]
     ingest([("incoming", incoming)], tmp_path / "data", 8, batch="again")  # refused again, same reason
