@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -42,7 +43,7 @@ def _read_folder(data_dir: str, size: int, channels: int):
     return packed
 
 
-def _read_masks(data_dir: str, packed, size: int) -> tuple:
+def _read_masks(data_dir: str, packed, size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Defect masks of the packed anomalies (``masks/<defect>/`` or MVTec's ``ground_truth/``),
     N×size×size, and which rows have one (normals do: nothing is defective). (None, None)
     when the folder holds no mask; a mask that cannot be read is reported and left out."""
@@ -52,7 +53,7 @@ def _read_masks(data_dir: str, packed, size: int) -> tuple:
     listed = has_mask(rows)
     if not listed.any():
         return None, None
-    masks = load_masks("", rows, size)
+    masks = load_masks("", rows, size)  # the mask paths are whole paths: nothing to join them to
     usable = listed & masks.any(axis=(1, 2))
     for path in rows["mask_path"][listed & ~usable]:
         print(f"danvae: mask {path} is empty or unreadable; its image trains without a mask", file=sys.stderr)

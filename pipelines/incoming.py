@@ -52,7 +52,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
         p = Path(path)
         rel = os.path.relpath(p, root)
         try:
-            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime - 1e-6:
+            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime - 1e-6:  # file_mtime: µs
                 continue
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
         except OSError:

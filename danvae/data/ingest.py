@@ -313,22 +313,18 @@ def _repack(out_dir: Path, manifest: pd.DataFrame, size: int, channels: int, wor
     """
     jobs = [(str(out_dir / p), "") for p in manifest["stored_path"]]
     results = _run(jobs, size, channels, None, set(), workers, progress)
-    lost = []
-    for i, res in enumerate(results):
-        if res[0] == "ok":
-            continue
-        row = manifest.iloc[i]
-        healed = _process_from_source(row, size, channels, out_dir)
-        if healed is None:
+    arrays, lost = [], []
+    for (_, row), res in zip(manifest.iterrows(), results):
+        arr = res[2] if res[0] == "ok" else _restore_from_source(row, size, channels, out_dir)
+        if arr is None:
             lost.append(f"{row['stored_path']} ({res[1]}; source {row['path']} gone or changed)")
-        else:
-            results[i] = healed
+        arrays.append(arr)
     if lost:
         raise DataError(f"cannot re-pack at {size}px x {channels} channels: {len(lost)} stored "
                         f"cop{'y is' if len(lost) == 1 else 'ies are'} unusable and cannot be restored: "
                         f"{'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}. Restore {out_dir / STORE} "
                         "(e.g. dvc pull) or go back to the previous image_size/channels; nothing was changed")
-    images = np.stack([r[2] for r in results]) if results else np.zeros((0, size, size, channels), np.uint8)
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, channels), np.uint8)
     table = manifest.copy()
     table["row"] = np.arange(len(table))
     table["brightness"] = brightness(images) if len(images) else np.zeros(0)
@@ -336,17 +332,21 @@ def _repack(out_dir: Path, manifest: pd.DataFrame, size: int, channels: int, wor
     return _typed(table), images
 
 
-def _process_from_source(row: pd.Series, size: int, channels: int, out_dir: Path) -> tuple | None:
-    """Re-read a row's source file and put it back in the store, if it still hashes to the row's id."""
-    _init_worker(size, channels, None, frozenset())
-    res = _process((str(row["path"]), ""))
-    if res[0] != "ok" or res[1] != row["id"]:
+def _restore_from_source(row: pd.Series, size: int, channels: int, out_dir: Path) -> np.ndarray | None:
+    """The row's image decoded from its source file, which goes back into the store, if the
+    file still hashes to the row's id; else None."""
+    try:
+        data = read_file_bytes(str(row["path"]))
+        if hashlib.sha256(data).hexdigest() != row["id"]:
+            return None
+        arr, _ = decode_image(data, size, channels)
+    except (ImageError, OSError):
         return None
-    damaged = out_dir / row["stored_path"]
-    damaged.unlink(missing_ok=True)
-    _write_bytes_once(damaged, read_file_bytes(str(row["path"])))
+    stored = out_dir / row["stored_path"]
+    stored.unlink(missing_ok=True)  # a damaged copy: _write_bytes_once keeps what exists
+    _write_bytes_once(stored, data)
     log.warning("stored copy %s was unusable; restored from %s", row["stored_path"], row["path"])
-    return res
+    return arr
 
 
 # ----------------------------------------------------------------------------- ingest
