@@ -90,14 +90,12 @@ def self_dissimilarity_map(x: torch.Tensor) -> torch.Tensor:
     n = q_pos.shape[0]
     images = min(b, IMAGES_AT_ONCE)
     chunk = max(1, CHUNK_ELEMENTS // (images * len(ref)))
+    spans = [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    overlaps = [torch.cdist(q_pos[q], r_pos)[None] < EXCLUDE for q in spans]  # the same for every image
     rows_out = []
     for i in range(0, b, images):
-        nearest = []
-        for start in range(0, n, chunk):
-            q = slice(start, min(n, start + chunk))
-            d = torch.cdist(queries[i:i + images, q], refs[i:i + images])
-            overlap = torch.cdist(q_pos[q], r_pos) < EXCLUDE
-            nearest.append(d.masked_fill(overlap[None], float("inf")).min(dim=2).values)
+        nearest = [torch.cdist(queries[i:i + images, q], refs[i:i + images]).masked_fill(overlap, float("inf"))
+                   .min(dim=2).values for q, overlap in zip(spans, overlaps)]
         rows_out.append(torch.cat(nearest, dim=1))
     dist = torch.cat(rows_out)
     dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))
