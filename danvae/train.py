@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from danvae.augment import relight, synthesize_defects
+from danvae.augment import DefectBank, relight, synthesize_defects
 from danvae.config import TrainConfig
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
@@ -165,6 +165,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_epoch: int | None = None  # 1-based epoch whose weights were kept (keep_best)
         self._best: dict | None = None  # the best epoch's state when there is no run folder
+        self._bank: DefectBank | None = None  # labelled defects to transplant onto normals
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -233,6 +234,11 @@ class Trainer:
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
         if bad.any():
             damaged, m = synthesize_defects(x[bad], gen, cfg.synthetic.families, cfg.synthetic.strength, side)
+            if self._bank is not None:
+                real = torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant
+                if real.any():
+                    real = real.to(x.device)
+                    damaged[real], m[real] = self._bank.paste(x[bad][real], gen)
             x = x.clone()
             x[bad], mask[bad] = damaged, m
         batch.x, batch.mask = x, mask
@@ -290,9 +296,17 @@ class Trainer:
         values = (sums / max(seen, 1)).tolist()
         return {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, values)), "beta_x": weights.beta_x, "beta_y": weights.beta_y}
 
+    def _defect_bank(self, data: TrainingData) -> DefectBank | None:
+        if self.model.head is None or data.has_mask is None or self.cfg.synthetic.transplant == 0:
+            return None
+        known = torch.nonzero(data.has_mask).flatten()
+        bank = DefectBank.from_anomalies(data.images[known].float().div(255.0), data.masks[known])
+        return bank if len(bank) else None
+
     def fit(self, data: TrainingData, resume: bool = True) -> list[dict[str, float]]:
         if int((~data.anomaly).sum()) == 0:
             raise ValueError("training needs at least one normal image")
+        self._bank = self._defect_bank(data)
         if resume:
             self.load_checkpoint()
         bar = tqdm(range(self.start_epoch, self.cfg.epochs), initial=self.start_epoch, total=self.cfg.epochs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from danvae.augment import FAMILIES, relight, synthesize_defects
+from danvae.augment import FAMILIES, DefectBank, relight, synthesize_defects
 from danvae.augment.defects import apply_family
 
 
@@ -51,3 +51,45 @@ def test_relighting_changes_brightness_and_stays_on_the_grid():
     out = relight(x, torch.Generator().manual_seed(0), gain=(0.35, 0.5))
     assert out.mean() < 0.7 * x.mean()
     assert torch.equal(out, (out * 255).round() / 255) and out.min() >= 0 and out.max() <= 1
+
+
+def _labelled(n=6, size=64, seed=4):
+    """Surfaces with a dark disc (radius 3) planted at a known place, and its mask."""
+    x = _surfaces(n, size, seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        masks[i] = (yy - 10 - 7 * i) ** 2 + (xx - 50 + 5 * i) ** 2 <= 9
+    return torch.where(masks[:, None], x * 0.4, x), masks
+
+
+def test_a_transplanted_defect_changes_pixels_only_inside_its_mask():
+    images, masks = _labelled()
+    masks[0] = False  # an anomaly with an empty mask adds nothing to the bank
+    bank = DefectBank.from_anomalies(images, masks)
+    assert len(bank) == 5 and all(m.sum() == masks[1].sum() for m in bank.masks)
+    x = _surfaces(16, 32, seed=7)
+    out, mask = bank.paste(x, torch.Generator().manual_seed(0))
+    changed = (out != x).any(dim=1)
+    assert not (changed & ~mask).any(), "a pixel outside the mask changed"
+    assert (mask.flatten(1).sum(1) == masks[1].sum()).all(), "the whole defect lands on the image"
+    assert changed.any(dim=(1, 2)).all()
+    assert torch.equal(out, (out * 255).round() / 255), "results stay on the uint8 grid"
+
+
+def test_a_transplanted_defect_keeps_its_relative_contrast_under_any_lighting():
+    """The disc was 0.4× its surroundings: pasted on a bright or a dim surface it stays about 0.4×."""
+    bank = DefectBank.from_anomalies(*_labelled())
+    for level in (0.2, 0.8):
+        x = torch.full((4, 3, 32, 32), level)
+        out, mask = bank.paste(x, torch.Generator().manual_seed(1))
+        inside = out.permute(0, 2, 3, 1)[mask].mean() / level
+        assert abs(float(inside) - 0.4) < 0.06
+
+
+def test_an_empty_bank_says_so():
+    images, masks = _labelled(2)
+    empty = DefectBank.from_anomalies(images, torch.zeros_like(masks))
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="no labelled anomaly has a mask"):
+        empty.paste(_surfaces(2), torch.Generator())

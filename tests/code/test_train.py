@@ -135,3 +135,27 @@ def test_an_unusable_checkpoint_is_set_aside_and_training_starts_afresh(tmp_path
     assert (tmp_path / "checkpoints" / "last.pt.unusable").exists()
     fresh = Trainer(_model(0), cfg, progress=False).fit(data)
     assert [h["total"] for h in history] == [h["total"] for h in fresh]
+
+
+def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks_are_known():
+    import numpy as np
+
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(60, 200, (10, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((10, 32, 32), bool)
+    masks[8:, 10:14, 3:25] = True  # two labelled anomalies with a 4×22 streak
+    anomaly = np.arange(10) >= 8
+    imgs[masks] = 5
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=None)
+    cfg = cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"share": 1.0, "transplant": 1.0})})
+    with_masks = TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly, masks=masks)
+    trainer = Trainer(_model(0), cfg, progress=False)
+    trainer._bank = trainer._defect_bank(with_masks)
+    assert len(trainer._bank) == 2
+    batch = trainer._augment_normals(trainer._batch(with_masks, torch.arange(8)), torch.Generator().manual_seed(0))
+    sizes = batch.mask.flatten(1).sum(1)
+    assert (sizes == 4 * 22).all(), "every normal got a real streak (maybe turned), not a synthetic defect"
+    assert Trainer(_model(0), cfg, progress=False)._defect_bank(
+        TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly)) is None

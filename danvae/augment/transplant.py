@@ -1,0 +1,87 @@
+"""Real labelled defects transplanted onto training normals, each with its exact mask.
+
+    bank = DefectBank.from_anomalies(images, masks)      # labelled anomalies, B×C×H×W in [0, 1]
+    x_bad, mask = bank.paste(x, generator)
+
+A labelled anomaly with a known mask is worth one image to the head; transplanted, it is
+worth one per normal it lands on. Each defect is kept as its *relative* change, the
+anomaly divided by its own local background (a normalised convolution that leaves the
+defect's pixels out), so a dark stain on a bright image stays a proportionally dark stain
+on a dim one and the surface texture under the defect comes from the receiving image.
+Each paste takes a random defect of the bank, a random flip and quarter turn and a random
+place; pixels change only inside the pasted mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_BACKGROUND_KERNEL = 9
+
+
+def _local_background(x: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``x`` (C×H×W) over the ``keep`` pixels of a k×k window; where a window holds none,
+    the mean of all kept pixels."""
+    num = F.avg_pool2d((x * keep)[None], k, stride=1, padding=k // 2, count_include_pad=False)[0]
+    den = F.avg_pool2d(keep[None].float(), k, stride=1, padding=k // 2, count_include_pad=False)[0]
+    fallback = (x * keep).flatten(1).sum(1) / keep.sum().clamp(min=1)
+    return torch.where(den > 0.05, num / den.clamp(min=1e-6), fallback[:, None, None])
+
+
+class DefectBank:
+    """The masked defects of labelled anomalies, as relative changes ready to paste."""
+
+    def __init__(self, ratios: list[torch.Tensor], masks: list[torch.Tensor]):
+        self.ratios = ratios  # each C×h×w: anomaly / its background inside the mask, 1 elsewhere
+        self.masks = masks  # each h×w bool
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @classmethod
+    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor, floor: float = 0.02) -> "DefectBank":
+        """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped.
+        ``floor`` keeps near-black backgrounds from turning noise into huge ratios."""
+        ratios, kept = [], []
+        for x, m in zip(images.float(), masks.bool()):
+            pts = torch.nonzero(m)
+            if not len(pts):
+                continue
+            (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
+            k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)
+            background = _local_background(x, ~m, k)
+            ratio = torch.where(m[None], (x + floor) / (background + floor), torch.ones_like(x))
+            ratios.append(ratio[:, t:b, u:r].clamp(0.05, 8.0))
+            kept.append(m[t:b, u:r].clone())
+        return cls(ratios, kept)
+
+    def paste(self, x: torch.Tensor, g: torch.Generator, floor: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random defect of the bank on each image of ``x`` (B×C×H×W in [0, 1]): the images on the
+        uint8 grid and B×H×W bool masks. A defect larger than the image is cut to it."""
+        if not len(self):
+            raise ValueError("the defect bank is empty: no labelled anomaly has a mask")
+        n, c, h, w = x.shape
+        out = x.clone()
+        mask = torch.zeros(n, h, w, dtype=torch.bool, device=x.device)
+        pick = torch.randint(len(self), (n,), generator=g).tolist()
+        turns = torch.randint(4, (n,), generator=g).tolist()
+        flips = (torch.rand(n, generator=g) < 0.5).tolist()
+        places = torch.rand(n, 2, generator=g)
+        for i in range(n):
+            ratio, m = self.ratios[pick[i]].to(x.device), self.masks[pick[i]].to(x.device)
+            ratio, m = torch.rot90(ratio, turns[i], (-2, -1)), torch.rot90(m, turns[i], (-2, -1))
+            if flips[i]:
+                ratio, m = ratio.flip(-1), m.flip(-1)
+            ph, pw = min(m.shape[0], h), min(m.shape[1], w)
+            # a defect cut to the image keeps its centre part
+            oy, ox = (m.shape[0] - ph) // 2, (m.shape[1] - pw) // 2
+            ratio, m = ratio[:, oy:oy + ph, ox:ox + pw], m[oy:oy + ph, ox:ox + pw]
+            if ratio.shape[0] != c:
+                ratio = ratio.mean(0, keepdim=True).expand(c, -1, -1)
+            t, u = int(places[i, 0] * (h - ph + 1)), int(places[i, 1] * (w - pw + 1))
+            region = out[i, :, t:t + ph, u:u + pw]
+            changed = (region + floor) * ratio - floor
+            out[i, :, t:t + ph, u:u + pw] = torch.where(m[None], changed, region)
+            mask[i, t:t + ph, u:u + pw] = m
+        out = torch.where(mask[:, None], out.clamp(0, 1).mul(255).round().div(255), x)
+        return out, mask
