@@ -22,7 +22,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench ui clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -37,6 +37,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: install
 	$(BIN)/python -m pipelines.check_params
 	$(BIN)/dvc repro
+	$(BIN)/python -m pipelines.summary
+
+# The MLflow UI on the project's own store (job runners off, so it answers at once).
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 test: install
 	mkdir -p .cache

@@ -42,6 +42,31 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if labels.any() and (~labels).any() else None
 
 
+def bootstrap_aurocs(labels: np.ndarray, values: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """n × k AUROCs of the k columns of ``values`` on paired resamples of the images,
+    stratified so that each resample holds both classes."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, bool)
+    values = np.asarray(values, dtype=np.float64).reshape(len(labels), -1)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    out = np.empty((n, values.shape[1]))
+    for i in range(n):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        out[i] = [roc_auc_score(labels[idx], values[idx, j]) for j in range(values.shape[1])]
+    return out
+
+
+def auroc_interval(labels: np.ndarray, scores: np.ndarray, n: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float] | None:
+    """The bootstrap ``level`` interval of the AUROC (None without both classes)."""
+    labels = np.asarray(labels, bool)
+    if not (labels.any() and (~labels).any()):
+        return None
+    boot = bootstrap_aurocs(labels, scores, n, seed)[:, 0]
+    tail = (1 - level) / 2
+    return float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
+
+
 def _auprc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     # Average precision can exceed 1 by a rounding error; keep it a probability.
     return min(1.0, float(average_precision_score(labels, scores))) if labels.any() else None
@@ -98,6 +123,7 @@ def evaluate_scores(table: pd.DataFrame, score_column: str = "score", threshold:
     scores = known[score_column].to_numpy(dtype=float)
     metrics: dict = {"n_images": int(len(known)), "n_anomalies": int(labels.sum()), "auroc": _auroc(labels, scores),
                      "auprc": _auprc(labels, scores)}
+    metrics["auroc_low"], metrics["auroc_high"] = auroc_interval(labels, scores) or (None, None)
     pred = _decisions(known, score_column, threshold)
     if pred is not None:
         metrics.update(f1=float(f1_score(labels, pred, zero_division=0)),

@@ -12,7 +12,7 @@ from mlflow.pyfunc import PythonModel
 
 
 class DetectorModel(PythonModel):
-    """Input: uint8 images N×H×W×C of any size; output: one row of scores per image."""
+    """Input: images N×H×W×C of any size, integers 0..255; output: one row of scores per image."""
 
     def load_context(self, context) -> None:
         from danvae.detector import Detector
@@ -21,7 +21,7 @@ class DetectorModel(PythonModel):
         limits = context.model_config or {}
         self.max_pixels, self.max_batch = limits.get("max_pixels"), limits.get("max_batch")
 
-    def predict(self, context, model_input: np.ndarray, params=None):  # np.ndarray: the signature validates
+    def predict(self, context, model_input: np.ndarray, params=None):  # checked by predict_frame, not the signature
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from danvae.evaluate import bootstrap_aurocs
 from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
 
 # The documented default kind of each model: used unless validation holds enough anomalies
@@ -134,19 +135,6 @@ class KindChoice:
     interval: tuple[float, float] | None = None  # 95 % bootstrap interval of the chosen kind's AUROC
 
 
-def _bootstrap_aurocs(table: pd.DataFrame, labels: np.ndarray, kinds: list[str], n: int, seed: int) -> np.ndarray:
-    """n × len(kinds) AUROCs on resamples (stratified, so each holds both classes)."""
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    values = table[kinds].to_numpy(dtype=np.float64)
-    out = np.empty((n, len(kinds)))
-    for i in range(n):
-        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        lab = labels[idx]
-        out[i] = [roc_auc_score(lab, values[idx, j]) for j in range(len(kinds))]
-    return out
-
-
 def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, default: str, min_anomalies: int = 30,
                       confidence: float = 0.95, n_boot: int = 200, seed: int = 0) -> KindChoice:
     """The model's ``default`` kind, unless validation holds at least ``min_anomalies`` anomalies
@@ -159,7 +147,7 @@ def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, default: str,
     aurocs = {k: float(roc_auc_score(is_anomaly, table[k])) for k in kinds}
     if default not in aurocs:
         default = max(aurocs, key=aurocs.get)
-    boot = _bootstrap_aurocs(table, is_anomaly, kinds, n_boot, seed)
+    boot = bootstrap_aurocs(is_anomaly, table[kinds].to_numpy(dtype=np.float64), n_boot, seed)
     chosen, how = default, "default"
     n_anomalies = int(is_anomaly.sum())
     if n_anomalies < min_anomalies:

@@ -4,8 +4,10 @@
     model = mlflow.pyfunc.load_model("models:/danvae@champion")
     table = model.predict(images)                   # uint8 N×H×W×C, any H, W; C = 1, 3 or 4
 
-Input: one ``np.uint8`` array N×H×W×C (the signature refuses other dtypes in Python; the
-server casts JSON numbers). Any H×W, and C of 1 (gray), 3 (RGB) or 4 (RGBA, alpha
+Input: one array N×H×W×C of pixel values, integers 0..255 (``np.uint8``, or any integer
+type, or JSON numbers); floating-point values are refused with a 400, never cast (an
+image in [0, 1] would otherwise become black). The signature leaves the dtype to this
+check, because MLflow's server would cast JSON numbers to a typed signature first. Any H×W, and C of 1 (gray), 3 (RGB) or 4 (RGBA, alpha
 dropped): images are resized and converted exactly as training did
 (:func:`danvae.images.fit_to`). Images of different sizes can go in one ``predict`` call as
 a 1-d object array of H×W×C uint8 arrays (``promote`` and :func:`predict_frame` also take a
@@ -88,6 +90,25 @@ def _as_batch(model_input: Any) -> list[np.ndarray] | np.ndarray:
     return arr
 
 
+def _as_pixels(a: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8, refusing anything that is not integers 0..255 (never a silent cast)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == object:  # JSON numbers, as MLflow's server parses them under the open signature
+        try:
+            a = np.asarray(a.tolist())
+        except ValueError as exc:
+            raise ValueError(f"pixel values must be numbers in one dense array per image: {exc}") from None
+    if a.dtype.kind in "iu":
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise ValueError(f"pixel values must lie in 0..255, got {a.min()}..{a.max()}")
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        raise ValueError("pixel values must be integers 0..255 (uint8), got floating-point numbers; "
+                         "scale an image in [0, 1] by 255 and round it first")
+    raise ValueError(f"pixel values must be integers 0..255, got values of type {a.dtype}")
+
+
 def _check_channels(c: int) -> None:
     if c not in (1, 3, 4):
         raise ValueError(f"images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {c}")
@@ -113,6 +134,7 @@ def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_b
     ``ValueError`` past the limits (``None``: no limit)."""
     batch = _as_batch(model_input)
     _check_limits(batch, max_pixels, max_batch)
+    batch = _as_pixels(batch) if isinstance(batch, np.ndarray) else [_as_pixels(np.asarray(a)) for a in batch]
     if isinstance(batch, np.ndarray):
         if batch.ndim != 4:
             raise ValueError(f"expected images shaped N×H×W×C, got shape {batch.shape}")
@@ -141,11 +163,12 @@ def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max
 
 
 def signature():
-    """Input: one uint8 tensor (-1, -1, -1, -1); output: the score columns."""
+    """Input: one tensor of any shape and dtype, checked by :func:`model_batch` (a typed spec would
+    let MLflow's server cast JSON floats to uint8 before the model sees them); output: the score columns."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])
+    inputs = Schema([TensorSpec(np.dtype(object), (-1,))])
     outputs = Schema([ColSpec("boolean" if c == "is_anomaly" else "double", c) for c in OUTPUT_COLUMNS])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

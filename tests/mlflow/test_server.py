@@ -222,10 +222,11 @@ def test_models_serve_answers_a_batch(trained, serving, surfaces):
     np.testing.assert_allclose([r["score"] for r in rows], want["score"], rtol=1e-6)
     assert [r["is_anomaly"] for r in rows] == want["is_anomaly"].tolist()
 
-    # past the limits logged with the model: 400 with the reason, and the server keeps answering
+    # past the limits logged with the model, or floats: 400 with the reason, and the server keeps answering
     too_big = resized(surfaces.test_images[:1], 49)
     too_many = np.repeat(images[:1], SERVE_LIMITS["max_batch"] + 1, axis=0)
-    for batch, says in ((too_big, "serve.max_pixels"), (too_many, "serve.max_batch")):
+    as_floats = images[:2] / 255.0  # an image in [0, 1]: refused, not cast to black
+    for batch, says in ((too_big, "serve.max_pixels"), (too_many, "serve.max_batch"), (as_floats, "floating-point")):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
                                      data=json.dumps({"inputs": batch.tolist()}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")

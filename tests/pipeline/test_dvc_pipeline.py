@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import torch
@@ -24,6 +25,14 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert (tiny_repo.path / "data/manifest.parquet").exists()
     shown = tiny_repo.dvc("metrics", "show").stdout
     assert "auroc" in shown
+    assert metrics["auroc_low"] <= metrics["auroc"] <= metrics["auroc_high"]
+
+    # what `make run` does after the repro: the gate, then the summary
+    summary = tiny_repo.run(sys.executable, "-m", "pipelines.summary").stdout
+    decision = json.loads((tiny_repo.path / "reports/promotion.json").read_text())
+    assert decision["decision"] in ("promoted", "rejected") and decision["version"] == "1"
+    assert f"danvae-surface v1: {decision['decision']}" in summary and "image AUROC" in summary
+    assert ("WARNING" in summary) == (metrics["auroc_low"] <= 0.5)
 
     again = tiny_repo.dvc("repro")
     assert ran(again.stdout) == set()
