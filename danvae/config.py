@@ -32,7 +32,7 @@ class ModelConfig(_Strict):
     top_k: float = Field(0.05, gt=0, le=1, description="share of z_x locations the dual prior pulls on an anomaly with no mask")
     head: bool = Field(True, description="spatial models: train the anomaly head (the head_max score)")
     adversary: float = Field(
-        1.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
+        5.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
     )
 
     @property

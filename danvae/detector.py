@@ -59,6 +59,7 @@ class Detector:
         self.brightness_spread: list[float] | None = None
         self.history: list[dict[str, float]] = []
         self.best_epoch: int | None = None
+        self.resumed_from_epoch = 0  # the epoch fit() resumed from (0: from the start)
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
@@ -112,6 +113,7 @@ class Detector:
         trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track_validation)
         self.history = trainer.fit(data)
         self.best_epoch = trainer.best_epoch
+        self.resumed_from_epoch = trainer.start_epoch  # 0: trained from the first epoch
         self.calibrate(val_images, val_labels)
         if run_dir is not None:
             self.save(run_dir)

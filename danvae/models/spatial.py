@@ -179,7 +179,7 @@ class SpatialDAnVAE(_SpatialBase):
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
-                 likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 1.0):
+                 likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 5.0):
         super().__init__()
         n_downsamples(image_size)  # refuses unsupported sizes
         self.zx_dim, self.zy_dim = zx_dim, zy_dim

@@ -68,7 +68,8 @@ def main(params: Params) -> None:
         "val_auroc_low": (detector.val_auroc_interval or (None, None))[0],
         "val_auroc_high": (detector.val_auroc_interval or (None, None))[1],
     })
-    print(f"train: {params.model.name} on {len(train)} images; score {detector.score_kind} ({detector.kind_choice}), "
+    resumed = f", resumed from epoch {detector.resumed_from_epoch + 1}" if detector.resumed_from_epoch else ""
+    print(f"train: {params.model.name} on {len(train)} images{resumed}; score {detector.score_kind} ({detector.kind_choice}), "
           f"threshold {detector.threshold:.4g} ({detector.threshold_method}); MLflow run {run.run_id}, "
           f"registered {params.tracking.registered_model} v{version.version} as challenger")
 

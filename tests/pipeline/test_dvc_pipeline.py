@@ -76,3 +76,31 @@ def test_bad_params_stop_with_the_key_named(tiny_repo):
     assert out.returncode != 0
     assert "model.name" in out.stderr and "danvae" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_train_stage_killed_under_dvc_repro_resumes_and_a_params_change_restarts(tiny_repo):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    tiny_repo.set_params({"train": {"epochs": 12}})
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=tiny_repo.path, env=tiny_repo.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    checkpoints = tiny_repo.path / ".cache" / "checkpoints"
+    while not list(checkpoints.glob("*/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "dvc repro ended before the first training checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    resumed = tiny_repo.dvc("repro")
+    assert {"train", "score", "evaluate"} <= ran(resumed.stdout)
+    found = re.search(r"resumed from epoch (\d+)", resumed.stdout + resumed.stderr)
+    assert found and 2 <= int(found.group(1)) <= 12, resumed.stdout[-2000:]
+    assert json.loads((tiny_repo.path / "models/train_metrics.json").read_text())["epochs"] == 12
+
+    tiny_repo.set_params({"train": {"lr": 0.0005}})
+    restarted = tiny_repo.dvc("repro")
+    assert "train" in ran(restarted.stdout) and "resumed from epoch" not in restarted.stdout + restarted.stderr
