@@ -7,8 +7,8 @@
 Input: one array N×H×W×C of pixel values, integers 0..255 (``np.uint8``, or any integer
 type, or JSON numbers); floating-point values are refused with a 400, never cast (an
 image in [0, 1] would otherwise become black). The signature leaves the dtype to this
-check, because MLflow's server would cast JSON numbers to a typed signature first. Any H×W, and C of 1 (gray), 3 (RGB) or 4 (RGBA, alpha
-dropped): images are resized and converted exactly as training did
+check, because MLflow's server would cast JSON numbers to a typed signature first.
+Any H×W, and C of 1 (gray), 3 (RGB) or 4 (RGBA, alpha dropped): images are resized and converted exactly as training did
 (:func:`danvae.images.fit_to`). Images of different sizes can go in one ``predict`` call as
 a 1-d object array of H×W×C uint8 arrays (``promote`` and :func:`predict_frame` also take a
 plain list).
