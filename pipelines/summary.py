@@ -48,7 +48,8 @@ def summary_lines(metrics: dict, run: dict, promotion: dict | None) -> list[str]
     ]
     if promotion is not None:
         version = f"{promotion.get('registered_model')} v{promotion.get('version')}"
-        rows.append(("promotion", f"{version}: {promotion.get('decision')} — {promotion.get('reason')}"))
+        decision, reason = str(promotion.get("decision")), str(promotion.get("reason"))
+        rows.append(("promotion", f"{version}: {reason if reason.startswith(decision) else f'{decision} — {reason}'}"))
     width = max(len(k) for k, _ in rows)
     lines = ["", "Run summary", *[f"  {k.ljust(width)}  {v}" for k, v in rows]]
     if metrics.get("auroc") is None or (low is not None and low <= 0.5) or (low is None and metrics["auroc"] <= 0.55):

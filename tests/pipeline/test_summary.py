@@ -19,6 +19,8 @@ def test_a_good_model_gets_its_figures_and_decision_and_no_warning():
     assert "danvae-surface v1: promoted — first champion" in text
     assert "abc123" in text and "8%" in text and "reports/report.md" in text and "make ui" in text
     assert "WARNING" not in text
+    said_twice = {**PROMOTED, "reason": "promoted: first champion"}
+    assert "v1: promoted: first champion" in "\n".join(summary_lines(_metrics(0.91, 0.86, 0.95), RUN, said_twice))
 
 
 def test_a_model_whose_interval_reaches_chance_is_called_out():
