@@ -134,7 +134,7 @@ def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_b
     ``ValueError`` past the limits (``None``: no limit)."""
     batch = _as_batch(model_input)
     _check_limits(batch, max_pixels, max_batch)
-    batch = _as_pixels(batch) if isinstance(batch, np.ndarray) else [_as_pixels(np.asarray(a)) for a in batch]
+    batch = _as_pixels(batch) if isinstance(batch, np.ndarray) else [_as_pixels(a) for a in batch]
     if isinstance(batch, np.ndarray):
         if batch.ndim != 4:
             raise ValueError(f"expected images shaped N×H×W×C, got shape {batch.shape}")

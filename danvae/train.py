@@ -233,12 +233,13 @@ class Trainer:
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
         if bad.any():
-            damaged, m = synthesize_defects(x[bad], gen, cfg.synthetic.families, cfg.synthetic.strength, side)
+            chosen = x[bad]
+            damaged, m = synthesize_defects(chosen, gen, cfg.synthetic.families, cfg.synthetic.strength, side)
             if self._bank is not None:
                 real = torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant
                 if real.any():
                     real = real.to(x.device)
-                    damaged[real], m[real] = self._bank.paste(x[bad][real], gen)
+                    damaged[real], m[real] = self._bank.paste(chosen[real], gen)
             x = x.clone()
             x[bad], mask[bad] = damaged, m
         batch.x, batch.mask = x, mask

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from danvae.config import load_params
 from pipelines.promotion import register_and_promote
-from pipelines.stages.common import USER_ERRORS, write_json
+from pipelines.stages.common import USER_ERRORS, read_run, write_json
 
 PROMOTION = Path("reports/promotion.json")
 METRICS = Path("reports/metrics.json")
-RUN = Path("models/run.json")
 
 
 def _num(value, digits: int = 3) -> str:
@@ -52,7 +51,8 @@ def summary_lines(metrics: dict, run: dict, promotion: dict | None) -> list[str]
         rows.append(("promotion", f"{version}: {reason if reason.startswith(decision) else f'{decision} — {reason}'}"))
     width = max(len(k) for k, _ in rows)
     lines = ["", "Run summary", *[f"  {k.ljust(width)}  {v}" for k, v in rows]]
-    if metrics.get("auroc") is None or (low is not None and low <= 0.5) or (low is None and metrics["auroc"] <= 0.55):
+    worst = low if low is not None else metrics.get("auroc")
+    if worst is None or worst <= 0.5:
         lines += ["", "  WARNING: this model is no better than chance on its test split: it does not find defects."]
     lines += ["", "  Next: reports/report.md (figures in reports/figures/), `make ui` for the MLflow runs and registry."]
     return lines
@@ -64,15 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         params = load_params("params.yaml")
-        if not METRICS.exists() or not RUN.exists():
-            raise FileNotFoundError(f"{METRICS} or {RUN} not found: run `make run` (dvc repro) first")
+        run = read_run()
+        if not METRICS.exists():
+            raise FileNotFoundError(f"{METRICS} not found: run `make run` (dvc repro) first")
         promotion = None
         if not args.no_promote:
             promotion = register_and_promote(Path("."), params)
             write_json(PROMOTION, promotion)
         elif PROMOTION.exists():
             promotion = json.loads(PROMOTION.read_text())
-        metrics, run = json.loads(METRICS.read_text()), json.loads(RUN.read_text())
+        metrics = json.loads(METRICS.read_text())
     except USER_ERRORS as exc:
         print(f"summary: error: {exc}", file=sys.stderr)
         return 1

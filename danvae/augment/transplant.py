@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 _BACKGROUND_KERNEL = 9
+_FLOOR = 0.02  # added to pixel and background, so near-black backgrounds do not turn noise into huge ratios
 
 
 def _local_background(x: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,9 +40,8 @@ class DefectBank:
         return len(self.masks)
 
     @classmethod
-    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor, floor: float = 0.02) -> "DefectBank":
-        """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped.
-        ``floor`` keeps near-black backgrounds from turning noise into huge ratios."""
+    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor) -> "DefectBank":
+        """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped."""
         ratios, kept = [], []
         for x, m in zip(images.float(), masks.bool()):
             pts = torch.nonzero(m)
@@ -50,12 +50,12 @@ class DefectBank:
             (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
             k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)
             background = _local_background(x, ~m, k)
-            ratio = torch.where(m[None], (x + floor) / (background + floor), torch.ones_like(x))
+            ratio = torch.where(m[None], (x + _FLOOR) / (background + _FLOOR), torch.ones_like(x))
             ratios.append(ratio[:, t:b, u:r].clamp(0.05, 8.0))
             kept.append(m[t:b, u:r].clone())
         return cls(ratios, kept)
 
-    def paste(self, x: torch.Tensor, g: torch.Generator, floor: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    def paste(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random defect of the bank on each image of ``x`` (B×C×H×W in [0, 1]): the images on the
         uint8 grid and B×H×W bool masks. A defect larger than the image is cut to it."""
         if not len(self):
@@ -80,7 +80,7 @@ class DefectBank:
                 ratio = ratio.mean(0, keepdim=True).expand(c, -1, -1)
             t, u = int(places[i, 0] * (h - ph + 1)), int(places[i, 1] * (w - pw + 1))
             region = out[i, :, t:t + ph, u:u + pw]
-            changed = (region + floor) * ratio - floor
+            changed = (region + _FLOOR) * ratio - _FLOOR
             out[i, :, t:t + ph, u:u + pw] = torch.where(m[None], changed, region)
             mask[i, t:t + ph, u:u + pw] = m
         out = torch.where(mask[:, None], out.clamp(0, 1).mul(255).round().div(255), x)
