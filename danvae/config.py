@@ -57,9 +57,10 @@ class SyntheticDefectConfig(_Strict):
 
 
 class LightingConfig(_Strict):
-    """Relighting of training normals: gain, gamma and a gradient."""
+    """Relighting of training images: gain, gamma and a gradient."""
 
     share: float = Field(0.3, ge=0, le=1, description="share of normal images per batch relit")
+    anomaly_share: float = Field(0.0, ge=0, le=1, description="share of labelled anomalies per batch relit (their masks stay exact)")
     gain: tuple[float, float] = (0.35, 1.3)
     gamma: tuple[float, float] = (0.75, 1.35)
     gradient: float = Field(0.3, ge=0, le=1)

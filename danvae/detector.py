@@ -22,7 +22,8 @@ from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
 from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
-                            fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, score_images)
+                            fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, score_images,
+                            self_dissimilarities)
 from danvae.train import Trainer, TrainingData
 
 DETECTOR_FILE = "detector.pt"
@@ -101,12 +102,18 @@ class Detector:
         val_y = brightness(val_images)
 
         val_every = max(1, self.train_config.epochs // VAL_POINTS)
+        val_dissimilarity: np.ndarray | None = None
 
         def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
+            nonlocal val_dissimilarity
             extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}
             due = (epoch + 1) % val_every == 0 or epoch + 1 == self.train_config.epochs
             if due and val_labels.any() and (~val_labels).any():
-                table, _ = score_images(self.model, val_images, val_y, self.score_config.batch_size)
+                if val_dissimilarity is None:
+                    val_dissimilarity = self_dissimilarities(val_images, self.score_config.batch_size,
+                                                             next(self.model.parameters()).device)
+                table, _ = score_images(self.model, val_images, val_y, self.score_config.batch_size,
+                                        dissimilarity=val_dissimilarity)
                 extra["val_auroc"] = float(roc_auc_score(val_labels, table[default_kind(self.model)]))
             return extra
 

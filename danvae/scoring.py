@@ -16,6 +16,7 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from danvae.evaluate import bootstrap_aurocs
 from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
+from danvae.models.self_similarity import self_dissimilarity_map
 
 # The documented default kind of each model: used unless validation holds enough anomalies
 # to show, beyond resampling noise, that another kind ranks them better.
@@ -40,21 +41,38 @@ def heatmap_kind(kind: str, model: AnomalyVAE) -> str:
     return kind if kind.endswith("_max") and kind in MODEL_SCORE_KINDS else HEATMAP_FALLBACK
 
 
+def _tensor_batch(images_nhwc: np.ndarray, start: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start:start + batch_size]))
+    return chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def self_dissimilarities(images_nhwc: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+                         ) -> np.ndarray:
+    """The self-dissimilarity map of each image (N×H×W). It needs no model, so images scored
+    again and again (validation during training) compute it once."""
+    device = torch.device(device)
+    maps = [self_dissimilarity_map(_tensor_batch(images_nhwc, start, batch_size, device)).float().cpu().numpy()
+            for start in range(0, len(images_nhwc), batch_size)]
+    return np.concatenate(maps) if maps else np.zeros((0, *images_nhwc.shape[1:3]), np.float32)
+
+
 @torch.no_grad()
 def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batch_size: int = 256,
-                 keep_heatmaps: bool = False, heatmap_kind: str = HEATMAP_FALLBACK
-                 ) -> tuple[pd.DataFrame, np.ndarray | None]:
+                 keep_heatmaps: bool = False, heatmap_kind: str = HEATMAP_FALLBACK,
+                 dissimilarity: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Every model score kind for each image (rows aligned with ``images_nhwc``), and optionally
-    the per-pixel map of ``heatmap_kind`` (N×H×W)."""
+    the per-pixel map of ``heatmap_kind`` (N×H×W). ``dissimilarity``: the images'
+    :func:`self_dissimilarities`, when already computed."""
     device = next(model.parameters()).device
     model.eval()
     columns: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_SCORE_KINDS}
     maps: list[np.ndarray] = []
     for start in range(0, len(images_nhwc), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start:start + batch_size]))
-        x = chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = _tensor_batch(images_nhwc, start, batch_size, device)
         yy = torch.as_tensor(y[start:start + batch_size], dtype=torch.float32, device=device)
-        scores, kind_maps = model.scores(x, yy)
+        known = None if dissimilarity is None else torch.from_numpy(dissimilarity[start:start + batch_size]).to(device)
+        scores, kind_maps = model.scores(x, yy, known)
         for k in MODEL_SCORE_KINDS:
             columns[k].append(scores[k].float().cpu().numpy())
         if keep_heatmaps:

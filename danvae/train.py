@@ -213,6 +213,18 @@ class Trainer:
             left.append(int(min(max(cx - c / 2 + int(jitter[i, 1]), 0), side - c)))
         return self._crop(batch, top, left)
 
+    def _relight(self, batch: Batch, gen: torch.Generator, share: float) -> Batch:
+        """Relight a ``share`` of the batch; each relit image's brightness label is measured anew."""
+        light = self.cfg.lighting
+        if share == 0:
+            return batch
+        relit = (torch.rand(len(batch.x), generator=gen) < share).to(batch.x.device)
+        if relit.any():
+            x = batch.x.clone()
+            x[relit] = relight(x[relit], gen, light.gain, light.gamma, light.gradient, light.noise)
+            batch.x, batch.y = x, torch.where(relit, image_brightness(x), batch.y)
+        return batch
+
     def _augment_normals(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Relight a share of the normal images and paste synthetic defects on another share;
         the head learns their masks, and (``denoise``) the VAE reconstructs the clean image."""
@@ -222,14 +234,8 @@ class Trainer:
             top = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
             left = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
             batch = self._crop(batch, top, left)
-        x = batch.x
-        relit = (torch.rand(n, generator=gen) < cfg.lighting.share).to(x.device)
-        if relit.any():
-            lit = relight(x[relit], gen, cfg.lighting.gain, cfg.lighting.gamma, cfg.lighting.gradient, cfg.lighting.noise)
-            x = x.clone()
-            x[relit] = lit
-            batch.y = torch.where(relit, image_brightness(x), batch.y)
-        clean = x
+        batch = self._relight(batch, gen, cfg.lighting.share)
+        x = clean = batch.x
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
         if bad.any():
@@ -286,7 +292,8 @@ class Trainer:
                         order = group[torch.randperm(len(group), generator=gen)]
                         for idx in _batches(order, cfg.batch_size):
                             batch = self._batch(data, idx)
-                            self._step(self._crop_around_defects(batch, gen) if around else batch, weights, epoch)
+                            batch = self._crop_around_defects(batch, gen) if around else batch
+                            self._step(self._relight(batch, gen, cfg.lighting.anomaly_share), weights, epoch)
         order = normals[torch.randperm(len(normals), generator=gen)]
         for idx in _batches(order, cfg.batch_size):
             batch = self._batch(data, idx)

@@ -79,12 +79,16 @@ class AnomalyVAE(nn.Module):
         return torch.zeros(x.shape[0], device=x.device)
 
     @torch.no_grad()
-    def scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Every kind of :data:`MODEL_SCORE_KINDS` per image, and the per-pixel maps (B×H×W) by kind."""
+    def scores(self, x: torch.Tensor, y: torch.Tensor, dissimilarity: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every kind of :data:`MODEL_SCORE_KINDS` per image, and the per-pixel maps (B×H×W) by kind.
+        ``dissimilarity``: ``x``'s self-dissimilarity maps when already known (they do not
+        depend on the model, so a caller scoring the same images again passes them)."""
         mu, logvar = self.anomaly_latent(x)
         x_hat = self.reconstruct(x).float()
         maps = {"recon_max": S.error_map(x, x_hat), "recon_norm_max": S.normalised_error_map(x, x_hat),
-                "ssim_max": S.dissimilarity_map(x, x_hat), "selfsim_max": self_dissimilarity_map(x)}
+                "ssim_max": S.dissimilarity_map(x, x_hat),
+                "selfsim_max": self_dissimilarity_map(x) if dissimilarity is None else dissimilarity}
         recon = maps["recon_max"].flatten(1).sum(dim=1)
         kl_zx = S.kl_to_isotropic(mu.float(), logvar.float())
         nan = torch.full_like(recon, float("nan"))

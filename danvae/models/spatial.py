@@ -120,7 +120,8 @@ class _SpatialBase(AnomalyVAE):
         return loss / len(batch.x)
 
     @torch.no_grad()
-    def scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def scores(self, x: torch.Tensor, y: torch.Tensor, dissimilarity: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         size = tuple(x.shape[-2:])
         mu, logvar, extra = self.encode(x)
         x_hat = self.decode_from(mu, extra).float()
@@ -135,7 +136,7 @@ class _SpatialBase(AnomalyVAE):
             "kl_zx_max": S.upsample_map(kl, size),
             "recon_norm_max": S.normalised_error_map(x, x_hat),
             "ssim_max": S.dissimilarity_map(x, x_hat),
-            "selfsim_max": self_dissimilarity_map(x),
+            "selfsim_max": self_dissimilarity_map(x) if dissimilarity is None else dissimilarity,
         }
         if self.head is not None:
             maps["head_max"] = self._head_probability(x, x_hat, maps["selfsim_max"])

@@ -161,3 +161,20 @@ def test_self_dissimilarity_peaks_on_a_planted_flaw_and_ignores_gain(size, chann
     dimmed = self_dissimilarity_map(x * 0.4)
     assert torch.allclose(dimmed, m, rtol=1e-3, atol=1e-3), "a change of gain alone must not move the map"
     assert torch.allclose(self_dissimilarity_map(x.flip(-1)), m.flip(-1), atol=1e-3)  # float summation order only
+
+
+@pytest.mark.parametrize("name", ["danvae", "danvae-global"])
+def test_scores_with_precomputed_self_dissimilarity_equal_the_full_pass(name):
+    from danvae.scoring import score_images, self_dissimilarities
+
+    model = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2), 3, SIZE).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    y = images.max(-1).mean((1, 2)) / 255.0
+    full, _ = score_images(model, images, y, batch_size=2)
+    known = self_dissimilarities(images, batch_size=3)
+    assert known.shape == (5, SIZE, SIZE)
+    reused, _ = score_images(model, images, y, batch_size=2, dissimilarity=known)
+    pd.testing.assert_frame_equal(full, reused)
+    shuffled, _ = score_images(model, images, y, batch_size=2, dissimilarity=known[::-1].copy())
+    assert not np.allclose(shuffled["selfsim_max"], full["selfsim_max"])  # the maps given are the maps used

@@ -159,3 +159,35 @@ def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks
     assert (sizes == 4 * 22).all(), "every normal got a real streak (maybe turned), not a synthetic defect"
     assert Trainer(_model(0), cfg, progress=False)._defect_bank(
         TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly)) is None
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_labelled_anomalies_are_relit_in_the_anomaly_phase_as_configured(share):
+    import numpy as np
+
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(60, 200, (12, 32, 32, 3), dtype=np.uint8)
+    anomaly = np.arange(12) >= 8
+    masks = np.zeros((12, 32, 32), bool)
+    masks[8:, 4:9, 6:20] = True
+    data = TrainingData.from_arrays(imgs, np.full(12, 0.5), anomaly, masks=masks)
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=None, anomaly_repeats=1, batch_size=4)
+    cfg = cfg.model_copy(update={"lighting": cfg.lighting.model_copy(update={"anomaly_share": share})})
+    trainer = Trainer(_model(0), cfg, progress=False)
+    seen = []
+    step = trainer._step
+    trainer._step = lambda batch, *a: seen.append(batch) or step(batch, *a)
+    trainer.run_epoch(data, 0)
+    anomalous = [b for b in seen if b.anomaly.all()]
+    assert len(anomalous) == 1
+    b = anomalous[0]
+    original = data.images[torch.nonzero(data.anomaly).flatten()].float().div(255)
+    unchanged = [any(torch.equal(x, o) for o in original) for x in b.x]
+    if share == 0:
+        assert all(unchanged), "anomalies pass unchanged"
+    else:
+        assert not any(unchanged) and not any(torch.allclose(x, o, atol=0.02) for x in b.x for o in original)
+        assert torch.allclose(b.y, b.x.amax(dim=1).flatten(1).mean(dim=1)), "the brightness label is measured anew"
+    assert (b.mask.flatten(1).sum(1) == 5 * 14).all(), "the masks are untouched"
