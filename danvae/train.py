@@ -215,9 +215,9 @@ class Trainer:
 
     def _relight(self, batch: Batch, gen: torch.Generator, share: float) -> Batch:
         """Relight a ``share`` of the batch; each relit image's brightness label is measured anew."""
-        light = self.cfg.lighting
         if share == 0:
             return batch
+        light = self.cfg.lighting
         relit = (torch.rand(len(batch.x), generator=gen) < share).to(batch.x.device)
         if relit.any():
             x = batch.x.clone()
