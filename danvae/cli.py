@@ -35,8 +35,9 @@ class CommandError(Exception):
 
 
 def _read_folder(data_dir: str, size: int, channels: int):
-    packed = pack(discover(data_dir), size, channels, progress=True)
-    for path, reason in packed.skipped:
+    refused: list[tuple[str, str]] = []
+    packed = pack(discover(data_dir, refused), size, channels, progress=True)
+    for path, reason in refused + packed.skipped:
         print(f"danvae: skipped {path}: {reason}", file=sys.stderr)
     if len(packed.images) == 0:
         raise CommandError(f"none of the images under {data_dir} could be read")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelName = Literal["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
 ScoreKind = Literal["auto", "kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max",
@@ -54,6 +54,16 @@ class SyntheticDefectConfig(_Strict):
     denoise: bool = Field(True, description="the VAE reconstructs the clean image from the defective one (DRAEM)")
     transplant: float = Field(0.5, ge=0, le=1, description="share of those defects that are real labelled defects "
                               "moved onto the normal (when labelled anomalies have masks)")
+    transplant_strength: tuple[float, float] = Field(
+        (1.0, 1.0), description="range of the power a transplanted defect's relative change is raised to "
+        "(below 1: fainter than the original)")
+
+    @field_validator("transplant_strength")
+    @classmethod
+    def _strength_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 2:
+            raise ValueError(f"transplant_strength must be [low, high] with 0 < low <= high <= 2, got {list(v)}")
+        return v
 
 
 class LightingConfig(_Strict):

@@ -24,10 +24,20 @@ from danvae.models import AnomalyVAE, build_model
 from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
                             fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, score_images,
                             self_dissimilarities)
-from danvae.train import Trainer, TrainingData
+from danvae.train import Trainer, TrainingData, selection_start
 
 DETECTOR_FILE = "detector.pt"
 VAL_POINTS = 20  # validation AUROC is tracked at about this many epochs of a run
+
+
+def validation_epochs(cfg: TrainConfig) -> set[int]:
+    """The epochs (0-based) after which the validation AUROC is measured: about ``VAL_POINTS`` of
+    them and always the last. Before keep_best's window a long run measures half as often, as
+    those points only draw the learning curve (each pass costs about an epoch)."""
+    every = max(1, cfg.epochs // VAL_POINTS)
+    start = selection_start(cfg)
+    due = {e for e in range(cfg.epochs) if (e + 1) % (every if e >= start or every == 1 else 2 * every) == 0}
+    return due | {cfg.epochs - 1}
 
 
 def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,14 +111,13 @@ class Detector:
         self.model = build_model(self.model_config, self.channels, self.image_size)
         val_y = brightness(val_images)
 
-        val_every = max(1, self.train_config.epochs // VAL_POINTS)
+        due_epochs = validation_epochs(self.train_config)
         val_dissimilarity: np.ndarray | None = None
 
         def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
             nonlocal val_dissimilarity
             extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}
-            due = (epoch + 1) % val_every == 0 or epoch + 1 == self.train_config.epochs
-            if due and val_labels.any() and (~val_labels).any():
+            if epoch in due_epochs and val_labels.any() and (~val_labels).any():
                 if val_dissimilarity is None:
                     val_dissimilarity = self_dissimilarities(val_images, self.score_config.batch_size,
                                                              next(self.model.parameters()).device)

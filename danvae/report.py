@@ -74,14 +74,23 @@ def _write_json(path: Path, data) -> Path:
     return path
 
 
-def _scored_table(detector, images: np.ndarray, test_table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The test table with any missing score columns filled by the detector, and heatmaps."""
+def _scored_table(detector, images: np.ndarray, test_table: pd.DataFrame, heatmaps: np.ndarray | None = None
+                  ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The test table with any missing score columns filled by the detector, and heatmaps. A
+    complete table given with its heatmaps is used as it is: the images are not scored again."""
     if len(test_table) != len(images):
         raise EvaluationError(f"{len(images)} test images but {len(test_table)} rows in the test table")
     if "label" not in test_table:
         raise EvaluationError("the test table needs a 'label' column (normal/anomaly)")
-    scored, heatmaps = detector.score_table(images, heatmaps=True)
     table = test_table.reset_index(drop=True).copy()
+    complete = all(c in table for c in ("brightness", "score", "is_anomaly", *SCORE_COLUMNS))
+    if heatmaps is not None:
+        if heatmaps.shape != (len(images), *images.shape[1:3]):
+            raise EvaluationError(f"heatmaps of shape {heatmaps.shape} for {len(images)} test images of "
+                                  f"{images.shape[1]}×{images.shape[2]} px")
+        if complete:
+            return table, heatmaps
+    scored, heatmaps = detector.score_table(images, heatmaps=True)
     for column in ("brightness", "score", "is_anomaly", *SCORE_COLUMNS):
         if column not in table and column in scored:
             table[column] = scored[column].to_numpy()
@@ -188,7 +197,7 @@ def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], fig
 def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
                  train_images: np.ndarray | None = None, train_brightness: np.ndarray | Sequence[float] | None = None,
                  masks: np.ndarray | Sequence[np.ndarray | None] | None = None, out_dir: str | Path,
-                 traversal_steps: int = 7) -> dict:
+                 heatmaps: np.ndarray | None = None, traversal_steps: int = 7) -> dict:
     """Metrics, plot data, figures and ``report.md`` for ``detector`` on the test images.
 
     ``test_table`` rows align with ``test_images`` and hold at least ``label``
@@ -197,14 +206,16 @@ def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
     otherwise. ``train_images`` (with their ``train_brightness``; computed when omitted)
     are where the R² regressions and the traversal's brightness line are fitted; without
     them, cross-validation on the test images. ``masks`` (N×H×W any size, or a list with
-    ``None`` for images without one) give the pixel AUROC.
+    ``None`` for images without one) give the pixel AUROC. ``heatmaps`` (N×H×W at the model's
+    image size, as ``detector.heatmaps`` returns) with a table that holds every score column
+    spare the detector a second pass over the test images.
 
     Returns ``{"metrics": dict, "files": [paths written], "notes": [str]}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = fit_to(test_images, detector.image_size, detector.channels)
-    table, heatmaps = _scored_table(detector, images, test_table)
+    table, heatmaps = _scored_table(detector, images, test_table, heatmaps)
     notes: list[str] = []
     files: list[Path] = []
 

@@ -113,6 +113,11 @@ def default_alpha(channels: int, image_size: int) -> float:
     return REFERENCE_ALPHA * channels * image_size * image_size / REFERENCE_PIXELS
 
 
+def selection_start(cfg: TrainConfig) -> int:
+    """The first epoch (0-based) whose weights ``keep_best`` may keep: the second half, after warm-up."""
+    return max(cfg.warmup_epochs, cfg.epochs // 2)
+
+
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     """The epoch's learning rate: constant, or cosine from ``lr`` down to ``lr``/20 at the last epoch."""
     if cfg.lr_schedule == "constant" or cfg.epochs <= 1:
@@ -245,7 +250,7 @@ class Trainer:
                 real = torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant
                 if real.any():
                     real = real.to(x.device)
-                    damaged[real], m[real] = self._bank.paste(chosen[real], gen)
+                    damaged[real], m[real] = self._bank.paste(chosen[real], gen, cfg.synthetic.transplant_strength)
             x = x.clone()
             x[bad], mask[bad] = damaged, m
         batch.x, batch.mask = x, mask
@@ -339,8 +344,7 @@ class Trainer:
         training (and after warm-up): one noisy last epoch does not decide the model, and an
         early epoch whose decoder has not yet learnt lighting is never taken."""
         score = record.get("val_auroc")
-        first = max(self.cfg.warmup_epochs, self.cfg.epochs // 2)
-        if not self.cfg.keep_best or score is None or epoch < first:
+        if not self.cfg.keep_best or score is None or epoch < selection_start(self.cfg):
             return
         best = self._best_record()
         if best is not None and best["val_auroc"] >= score:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
         p = Path(path)
         rel = os.path.relpath(p, root)
         try:
-            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= p.stat().st_mtime - 1e-6:  # file_mtime: µs
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO named like an image would block the read forever
+                continue
+            if max(refused.get(rel, 0.0), refused.get(_resolved(p), 0.0)) >= st.st_mtime - 1e-6:  # file_mtime: µs
                 continue
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
         except OSError:

@@ -14,6 +14,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from tests.bad_input import bad_corpus, make  # noqa: E402,F401  (fixtures for every test folder)
+
 
 @pytest.fixture(scope="session")
 def easy_surfaces(tmp_path_factory) -> Path:

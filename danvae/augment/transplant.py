@@ -8,8 +8,9 @@ worth one per normal it lands on. Each defect is kept as its *relative* change, 
 anomaly divided by its own local background (a normalised convolution that leaves the
 defect's pixels out), so a dark stain on a bright image stays a proportionally dark stain
 on a dim one and the surface texture under the defect comes from the receiving image.
-Each paste takes a random defect of the bank, a random flip and quarter turn and a random
-place; pixels change only inside the pasted mask.
+Each paste takes a random defect of the bank, a random flip and quarter turn, a random
+place and, with a ``strength`` range, a random power of its relative change (below 1: a
+fainter copy of the same defect); pixels change only inside the pasted mask.
 """
 from __future__ import annotations
 
@@ -55,9 +56,11 @@ class DefectBank:
             kept.append(m[t:b, u:r].clone())
         return cls(ratios, kept)
 
-    def paste(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def paste(self, x: torch.Tensor, g: torch.Generator, strength: tuple[float, float] = (1.0, 1.0)
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random defect of the bank on each image of ``x`` (B×C×H×W in [0, 1]): the images on the
-        uint8 grid and B×H×W bool masks. A defect larger than the image is cut to it."""
+        uint8 grid and B×H×W bool masks. Each defect's relative change is raised to a power drawn
+        uniformly from ``strength``. A defect larger than the image is cut to it."""
         if not len(self):
             raise ValueError("the defect bank is empty: no labelled anomaly has a mask")
         n, c, h, w = x.shape
@@ -67,6 +70,9 @@ class DefectBank:
         turns = torch.randint(4, (n,), generator=g).tolist()
         flips = (torch.rand(n, generator=g) < 0.5).tolist()
         places = torch.rand(n, 2, generator=g)
+        lo, hi = strength
+        # drawn only when asked for, so the default leaves the random stream as it was
+        powers = (lo + (hi - lo) * torch.rand(n, generator=g)).tolist() if (lo, hi) != (1.0, 1.0) else [1.0] * n
         for i in range(n):
             ratio, m = self.ratios[pick[i]].to(x.device), self.masks[pick[i]].to(x.device)
             ratio, m = torch.rot90(ratio, turns[i], (-2, -1)), torch.rot90(m, turns[i], (-2, -1))
@@ -78,6 +84,8 @@ class DefectBank:
             ratio, m = ratio[:, oy:oy + ph, ox:ox + pw], m[oy:oy + ph, ox:ox + pw]
             if ratio.shape[0] != c:
                 ratio = ratio.mean(0, keepdim=True).expand(c, -1, -1)
+            if powers[i] != 1.0:
+                ratio = ratio.pow(powers[i])
             t, u = int(places[i, 0] * (h - ph + 1)), int(places[i, 1] * (w - pw + 1))
             region = out[i, :, t:t + ph, u:u + pw]
             changed = (region + _FLOOR) * ratio - _FLOOR

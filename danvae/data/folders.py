@@ -174,14 +174,19 @@ def scan(data_dir: str | Path) -> Scan:
     return Scan(root, found, problems, layout=layout)
 
 
-def discover(data_dir: str | Path) -> pd.DataFrame:
-    """List the images under ``data_dir`` with their label and defect kind."""
+def discover(data_dir: str | Path, problems: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """List the images under ``data_dir`` with their label and defect kind; the entries it
+    refused (a symlink leaving the folder, a name that is not UTF-8, …) are added to
+    ``problems`` as (path, reason) when a list is given."""
     root = Path(data_dir)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    found = scan(root).found
+    listing = scan(root)
+    if problems is not None:
+        problems.extend(listing.problems)
+    found = listing.found
     if found.empty:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     return found.reset_index(drop=True)

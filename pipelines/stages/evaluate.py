@@ -1,4 +1,4 @@
-"""Stage evaluate: test-set scores → reports/metrics.json, plot data, figures and report.md."""
+"""Stage evaluate: test-set scores and heatmaps → reports/metrics.json, plot data, figures and report.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +17,7 @@ from pipelines.stages.common import read_run, run_stage
 
 DATA = Path("data")
 SCORES = Path("reports/scores.csv")
+HEATMAPS = Path("reports/heatmaps.npz")
 OUT = Path("reports")
 
 
@@ -33,12 +34,16 @@ def main(params: Params) -> None:
     test = manifest.set_index("id").loc[test_ids].reset_index()
     table = scores.set_index("id").loc[test_ids].reset_index()
     table["is_anomaly"] = table["is_anomaly"].astype(str) == "True"
+    with np.load(HEATMAPS) as stored:
+        position = {i: k for k, i in enumerate(stored["ids"])}
+        heatmaps = stored["heatmaps"][[position[i] for i in test_ids]]
     train = training_rows(manifest, params.data.train_anomaly_ratio)
     train = train[train["label"] == "normal"]
     result = evaluate_run(Detector.load("models/detector"), images[test["row"].to_numpy()], table,
                           train_images=images[train["row"].to_numpy()],
                           train_brightness=train["brightness"].to_numpy(),
-                          masks=stored_masks(test) if (test["mask_path"] != "").any() else None, out_dir=OUT)
+                          masks=stored_masks(test) if (test["mask_path"] != "").any() else None,
+                          heatmaps=heatmaps, out_dir=OUT)
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
     log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test",
                artifact_path="evaluation")

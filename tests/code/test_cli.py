@@ -107,3 +107,18 @@ def test_train_reads_defect_masks_and_reports_a_bad_one(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(7 defect masks)" in done.stdout
     assert f"mask {masks[0]} is empty or unreadable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_bad_input_corpus_is_scored_without_a_traceback(trained, bad_corpus, tmp_path, capsys):
+    """Every good file of the corpus gets a row, every bad one a 'skipped <path>: <reason>' line."""
+    out = tmp_path / "corpus.csv"
+    assert main(["score", "--model", str(trained / "run"), "--data", str(bad_corpus.src), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    scored = {p.rsplit("/", 1)[-1] for p in pd.read_csv(out)["path"]}
+    assert set(bad_corpus.good) | set(bad_corpus.duplicates) == scored
+    skipped = [line for line in err.splitlines() if line.startswith("danvae: skipped ")]
+    for name, reason in bad_corpus.bad.items():
+        lines = [line for line in skipped if f"/{name}: " in line]  # a name that is not UTF-8 shows as \xNN
+        assert lines, f"{name} is not reported as skipped:\n{err}"
+        assert reason in lines[0], f"{name}: {lines[0]!r} does not give the reason {reason!r}"

@@ -87,6 +87,23 @@ def test_a_transplanted_defect_keeps_its_relative_contrast_under_any_lighting():
         assert abs(float(inside) - 0.4) < 0.06
 
 
+def test_a_transplant_strength_below_one_pastes_a_fainter_copy_of_the_same_defect():
+    """The disc is 0.4× its surroundings; raised to a power in [0.5, 0.5] it is 0.4**0.5 ≈ 0.63×."""
+    bank = DefectBank.from_anomalies(*_labelled())
+    x = torch.full((4, 3, 32, 32), 0.6)
+    full, m_full = bank.paste(x, torch.Generator().manual_seed(2))
+    faint, m_faint = bank.paste(x, torch.Generator().manual_seed(2), strength=(0.5, 0.5))
+    assert torch.equal(m_full, m_faint), "the same defects land in the same places"
+    inside = faint.permute(0, 2, 3, 1)[m_faint].mean() / 0.6
+    assert abs(float(inside) - 0.4**0.5) < 0.06
+    assert (faint - x).abs().sum() < 0.8 * (full - x).abs().sum()
+    assert not ((faint != x).any(dim=1) & ~m_faint).any(), "a pixel outside the mask changed"
+    # a range draws a power per defect: the contrasts differ between images
+    mixed, m_mixed = bank.paste(torch.full((16, 3, 32, 32), 0.6), torch.Generator().manual_seed(3), strength=(0.3, 1.0))
+    per_image = torch.stack([mixed[i].permute(1, 2, 0)[m_mixed[i]].mean() for i in range(16)])
+    assert per_image.max() - per_image.min() > 0.1
+
+
 def test_an_empty_bank_says_so():
     images, masks = _labelled(2)
     empty = DefectBank.from_anomalies(images, torch.zeros_like(masks))

@@ -158,6 +158,24 @@ def test_brightness_line_follows_the_latents():
     assert line.y_low < line.y_high
 
 
+def test_a_scored_table_with_its_heatmaps_is_not_scored_again(danvae_model, danvae_run, surfaces, tmp_path):
+    """The evaluate stage hands over the score stage's table and heatmaps: the metrics match the
+    full pass, and the heatmaps given are the ones used (inverted, the pixel AUROC flips)."""
+    _, test = surfaces
+    masks, _ = load_masks(test.table["path"], SIZE)
+    scored, maps = danvae_model.score_table(test.images, heatmaps=True)
+    table = pd.concat([test.table.drop(columns="brightness"), scored], axis=1)
+    same = evaluate_run(danvae_model, test.images, table, masks=masks, heatmaps=maps, out_dir=tmp_path / "same")
+    full = danvae_run[1]["metrics"]
+    for key in ("auroc", "auroc_darkest", "fpr", "pixel_auroc"):
+        assert same["metrics"][key] == pytest.approx(full[key]), key
+    flipped = evaluate_run(danvae_model, test.images, table, masks=masks, heatmaps=1.0 - maps,
+                           out_dir=tmp_path / "flipped")
+    assert flipped["metrics"]["pixel_auroc"] == pytest.approx(1.0 - full["pixel_auroc"])
+    with pytest.raises(EvaluationError, match="heatmaps of shape"):
+        evaluate_run(danvae_model, test.images, table, heatmaps=maps[:3], out_dir=tmp_path / "bad")
+
+
 # ---- a baseline without z_y ---------------------------------------------------------
 def test_vae_baseline_evaluates_without_z_y(surfaces, tmp_path):
     train, test = surfaces

@@ -5,7 +5,8 @@ import torch
 
 from danvae.config import ModelConfig, TrainConfig
 from danvae.models import build_model
-from danvae.train import Trainer, TrainingDiverged
+from danvae.detector import validation_epochs
+from danvae.train import Trainer, TrainingDiverged, selection_start
 from tests.code.test_models import _tiny_data
 
 CFG = TrainConfig(epochs=4, warmup_epochs=2, batch_size=8, seed=3)
@@ -115,6 +116,17 @@ def test_the_best_validation_epoch_is_kept(tmp_path, on_disk):
                   on_epoch_end=lambda e, r: {"val_auroc": 0.5})
     off.fit(data)
     assert off.best_epoch is None
+
+
+def test_validation_thins_out_only_before_the_epochs_keep_best_chooses_from():
+    long = TrainConfig(epochs=60, warmup_epochs=8)
+    due = validation_epochs(long)
+    start = selection_start(long)
+    assert start == 30
+    assert {e for e in due if e >= start} == {e for e in range(start, 60) if (e + 1) % 3 == 0}
+    assert {e for e in due if e < start} == {5, 11, 17, 23, 29}
+    assert validation_epochs(TrainConfig(epochs=3, warmup_epochs=1)) == {0, 1, 2}  # short runs keep every point
+    assert 6 in validation_epochs(TrainConfig(epochs=7, warmup_epochs=0))  # the last epoch always
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other-model"])

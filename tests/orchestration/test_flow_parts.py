@@ -127,3 +127,26 @@ def test_a_quarantined_symlink_loop_does_not_stop_the_new_image_finder(tmp_path)
         "path,reason,batch,seen_at\ndata/incoming/loop.png,broken symlink,b1,2999-01-01T00:00:00+00:00\n")
     assert find_new_images(tmp_path) == ["data/incoming/a.png"]
     assert find_new_images(tmp_path) == ["data/incoming/a.png"], "the next retrain must not fail either"
+
+
+def test_the_bad_input_corpus_does_not_stop_the_new_image_finder(bad_corpus, tmp_path):
+    """Before ingest every readable image is new (the FIFO is not opened); after it nothing is,
+    bad files included, until one of them changes."""
+    from danvae.data.ingest import ingest, load_manifest
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    before = find_new_images(tmp_path, incoming="src")
+    names = {p.rsplit("/", 1)[-1] for p in before}
+    assert set(bad_corpus.good) | set(bad_corpus.duplicates) <= names
+    assert "fifo.png" not in names and "loop.png" not in names and "broken_link.png" not in names
+    ingest([("incoming", bad_corpus.src)], tmp_path / "data", 16)
+    manifest = load_manifest(tmp_path / "data")
+    assert len(manifest) == len(bad_corpus.good)
+    assert find_new_images(tmp_path, incoming="src") == []
+    edited = bad_corpus.src / "text.png"
+    edited.write_bytes(b"still not a picture, but changed\n")
+    os.utime(edited, (edited.stat().st_atime, edited.stat().st_mtime + 5))
+    assert find_new_images(tmp_path, incoming="src") == ["src/text.png"]
+    ingest([("incoming", bad_corpus.src)], tmp_path / "data", 16, batch="again")
+    assert len(load_manifest(tmp_path / "data")) == len(manifest), "the manifest never shrinks"
+    assert find_new_images(tmp_path, incoming="src") == []

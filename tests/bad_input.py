@@ -1,4 +1,5 @@
-"""The bad-file corpus every ingest must survive, written into tmp_path, and small image helpers."""
+"""The bad-file corpus that ingest, the CLI and the new-image finder must survive, written into
+tmp_path, and small image helpers. Its fixtures are shared with every test folder (tests/conftest.py)."""
 from __future__ import annotations
 
 import io
