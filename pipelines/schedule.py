@@ -78,7 +78,10 @@ def wait_healthy(api_url: str, timeout_s: float = SERVER_START_TIMEOUT_S, proc: 
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nobody listens on ``port``. Connections of a server that just died (TIME_WAIT) do not
+    count: the server binds with SO_REUSEADDR too."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True
@@ -195,6 +198,9 @@ def start(project: Path, port: int = DEFAULT_PORT, gpu_worker: bool = True, ui: 
     if state and _alive(state["server"]["pid"]):
         print(f"already running: {state['server']['api_url']} (stop it with python -m pipelines.schedule stop)")
         return state
+    if state:  # the server died (killed, host crash): its workers may still poll it; stop them first
+        print(f"the previous server (pid {state['server']['pid']}) is gone; stopping what is left of it", flush=True)
+        stop(project)
     if not port_free(port, host):
         raise SystemExit(f"port {port} on {host} is in use; pass --port")
     home = prefect_home(project)

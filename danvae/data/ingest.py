@@ -124,7 +124,7 @@ def _umask() -> int:
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temp file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -133,6 +133,34 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TEMP_NAME = re.compile(r"\.(\d+)\.(?:[A-Za-z0-9_]+\.)?tmp$")  # .<name>.<pid>[.<random>].tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temp_files(out_dir: Path) -> list[Path]:
+    """Delete the temp files a killed writer left in ``out_dir`` and its store (its pid is in the
+    name and no longer runs); a live writer's, and anything in the users' folders, are left
+    alone. Returns what was removed."""
+    removed = []
+    for tmp in [*out_dir.glob(".*.tmp"), *(out_dir / STORE).rglob(".*.tmp")]:
+        found = _TEMP_NAME.search(tmp.name)
+        if found and tmp.is_file() and not _alive(int(found.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        log.warning("removed %d partial files left by a killed ingest", len(removed))
+    return removed
 
 
 def _write_bytes_once(path: Path, data: bytes) -> None:
@@ -373,6 +401,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
     split = split or SplitShares()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir)
     batch = batch or start.strftime("%Y%m%dT%H%M%SZ")
     stamp = start.isoformat(timespec="seconds")
 

@@ -1,6 +1,7 @@
 """What every stage shares: params loading and a one-line exit for user errors."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -17,14 +18,21 @@ from danvae.train import DeviceUnavailable, TrainingDiverged
 USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError, TrackingError, DeviceUnavailable,
                TrainingDiverged, CorruptModelFileError, UnsafeModelFileError)
 RUN_FILE = Path("models/run.json")
+# A full disk or quota: one line too, but worth retrying once space is freed (the flow retries it).
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def run_stage(name: str, body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
-    """Run a stage body; user errors end the process with one line and exit code 1."""
+    """Run a stage body; user errors and a full disk end the process with one line and exit code 1."""
     try:
         body(load_params(params_path))
     except USER_ERRORS as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        print(f"{name}: failed: no room to write ({exc}); free some space and run it again", file=sys.stderr)
         sys.exit(1)
 
 
