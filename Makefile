@@ -23,15 +23,17 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test bench ui clean
+# --no-compile: Python compiles only the modules it imports, when it first imports them, instead
+# of every file of every package at install (54 s of the 124 s install here, 2026-12-03).
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-compile $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	grep -v '^torch==' requirements.lock > $(VENV)/requirements.notorch.txt
-	$(BIN)/pip install --quiet -r $(VENV)/requirements.notorch.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-compile -r $(VENV)/requirements.notorch.txt
+	$(BIN)/pip install --quiet --no-compile --no-deps -e .
 	touch $@
 
 run: install
