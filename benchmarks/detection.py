@@ -97,6 +97,8 @@ def run(variant: str, seed: int, args) -> dict:
                                for v in values}
     ent = disentanglement_metrics(det, test["images"], train_images=train["images"][~train["anomaly"]], seed=seed)
     anomalous = labels & test["masks"].any(axis=(1, 2))
+    # the same kind without the brightness adjustment of the decision score (score.brightness_adjust off)
+    unadjusted = evaluate_scores(table.assign(score=table[det.score_kind]), "score")
     return {
         "variant": variant + (f"[{args.tag}]" if args.tag else ""), "seed": seed,
         "val_history": [h.get("val_auroc") for h in det.history], "difficulty": args.difficulty, "epochs": args.epochs, "size": args.size,
@@ -105,6 +107,8 @@ def run(variant: str, seed: int, args) -> dict:
         "val_auroc": det.val_aurocs.get(det.score_kind), "val_interval": det.val_auroc_interval,
         "auroc": overall["auroc"], "auroc_dark": overall["auroc_by_brightness"][0],
         "fpr_dark": overall.get("fpr_darkest"), "rho_normal": overall.get("brightness_spearman_normal"),
+        "unadjusted": {"auroc": unadjusted["auroc"], "auroc_dark": unadjusted["auroc_by_brightness"][0],
+                       "rho_normal": unadjusted.get("brightness_spearman_normal")},
         "auroc_by_kind": kinds, "auroc_by_material": per("material", MATERIALS),
         "auroc_by_defect": per("defect", held_out or DEFECTS),
         "pixel_auroc": pixel_auroc(maps[anomalous | ~labels], test["masks"][anomalous | ~labels]),
