@@ -39,6 +39,8 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from danvae.process import pid_alive  # noqa: E402
+
 DEFAULT_EXPERIMENT = "danvae"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -293,16 +295,6 @@ log = logging.getLogger(__name__)
 OWNER_HOST_TAG, OWNER_PID_TAG = "danvae.host", "danvae.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def end_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark KILLED the RUNNING runs of this experiment started on this host by a process that
     no longer exists (a training killed with -9 or a lost machine cannot end its own run).
@@ -314,7 +306,7 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         for run in runs:
             tags = run.data.tags
             pid = tags.get(OWNER_PID_TAG, "")
-            if tags.get(OWNER_HOST_TAG) == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if tags.get(OWNER_HOST_TAG) == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 client.set_terminated(run.info.run_id, status="KILLED")
                 client.set_tag(run.info.run_id, "danvae.ended_by", "a later run found its process gone")
                 ended.append(run.info.run_id)

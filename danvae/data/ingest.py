@@ -55,6 +55,7 @@ from danvae.data.folders import DataError, scan
 from danvae.data.masks import MaskError, check_mask, find_masks
 from danvae.data.splits import split_of_many
 from danvae.images import ImageError, brightness, decode_image, read_file_bytes
+from danvae.process import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +139,6 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 _TEMP_NAME = re.compile(r"\.(\d+)\.(?:[A-Za-z0-9_]+\.)?tmp$")  # .<name>.<pid>[.<random>].tmp
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def remove_stale_temp_files(out_dir: Path) -> list[Path]:
     """Delete the temp files a killed writer left in ``out_dir`` and its store (its pid is in the
     name and no longer runs); a live writer's, and anything in the users' folders, are left
@@ -155,7 +146,7 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
     removed = []
     for tmp in [*out_dir.glob(".*.tmp"), *(out_dir / STORE).rglob(".*.tmp")]:
         found = _TEMP_NAME.search(tmp.name)
-        if found and tmp.is_file() and not _alive(int(found.group(1))):
+        if found and tmp.is_file() and not pid_alive(int(found.group(1))):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     if removed:
