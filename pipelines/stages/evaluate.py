@@ -48,8 +48,13 @@ def main(params: Params) -> None:
     log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test",
                artifact_path="evaluation")
     m = result["metrics"]
-    print(f"evaluate: AUROC {m['auroc']}, darkest-quintile AUROC {m['auroc_darkest']}, "
-          f"brightness ρ (normals) {m['brightness_spearman_normal']}, R²(z_y) {m['r2_zy']}, R²(z_x) {m['r2_zx']}")
+    shown = [("AUROC", "auroc"), ("darkest-quintile AUROC", "auroc_darkest"),
+             ("brightness ρ (normals)", "brightness_spearman_normal"), ("R²(z_y)", "r2_zy"), ("R²(z_x)", "r2_zx")]
+    print("evaluate: " + ", ".join(f"{label} {_figure(m.get(key))}" for label, key in shown))
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
