@@ -18,14 +18,10 @@ from pathlib import Path
 
 from danvae.config import load_params
 from pipelines.promotion import register_and_promote
-from pipelines.stages.common import USER_ERRORS, read_run, write_json
+from pipelines.stages.common import USER_ERRORS, format_figure, read_run, write_json
 
 PROMOTION = Path("reports/promotion.json")
 METRICS = Path("reports/metrics.json")
-
-
-def _num(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _share(value) -> str:
@@ -35,11 +31,11 @@ def _share(value) -> str:
 def summary_lines(metrics: dict, run: dict, promotion: dict | None) -> list[str]:
     """The summary as lines of text (no I/O)."""
     low, high = metrics.get("auroc_low"), metrics.get("auroc_high")
-    interval = f" (95 % interval {_num(low)}–{_num(high)})" if low is not None else ""
+    interval = f" (95 % interval {format_figure(low)}–{format_figure(high)})" if low is not None else ""
     rows = [
         ("test images", f"{metrics.get('n_images')} ({metrics.get('n_anomalies')} defective)"),
-        ("image AUROC", f"{_num(metrics.get('auroc'))}{interval}"),
-        ("darkest-quintile AUROC", _num(metrics.get("auroc_darkest"))),
+        ("image AUROC", f"{format_figure(metrics.get('auroc'))}{interval}"),
+        ("darkest-quintile AUROC", format_figure(metrics.get("auroc_darkest"))),
         ("false alarms, all normals", _share(metrics.get("fpr"))),
         ("false alarms, darkest normals", _share(metrics.get("fpr_darkest"))),
         ("defects found at the threshold", _share(metrics.get("recall"))),

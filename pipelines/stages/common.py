@@ -36,6 +36,11 @@ def run_stage(name: str, body: Callable[[Params], None], params_path: str = "par
         sys.exit(1)
 
 
+def format_figure(value: float | None, digits: int = 3) -> str:
+    """A metric as the stages and the summary print it: fixed decimals, "–" when undefined."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def read_run(path: Path = RUN_FILE) -> dict:
     """The train stage's record of its MLflow run and registered model."""
     if not path.exists():

@@ -13,7 +13,7 @@ from danvae.data.selection import training_rows
 from danvae.detector import Detector
 from danvae.report import evaluate_run
 from danvae.tracking import configure_tracking, log_to_run
-from pipelines.stages.common import read_run, run_stage
+from pipelines.stages.common import format_figure, read_run, run_stage
 
 DATA = Path("data")
 SCORES = Path("reports/scores.csv")
@@ -50,11 +50,7 @@ def main(params: Params) -> None:
     m = result["metrics"]
     shown = [("AUROC", "auroc"), ("darkest-quintile AUROC", "auroc_darkest"),
              ("brightness ρ (normals)", "brightness_spearman_normal"), ("R²(z_y)", "r2_zy"), ("R²(z_x)", "r2_zx")]
-    print("evaluate: " + ", ".join(f"{label} {_figure(m.get(key))}" for label, key in shown))
-
-
-def _figure(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    print("evaluate: " + ", ".join(f"{label} {format_figure(m.get(key))}" for label, key in shown))
 
 
 if __name__ == "__main__":
