@@ -2,7 +2,7 @@
 
     state = load_weights(path, map_location="cpu")   # dict of tensors and plain values
 
-``torch.load`` with ``weights_only=False`` unpickles arbitrary objects, so a crafted
+``torch.load`` outside its weights-only mode unpickles arbitrary objects, so a crafted
 ``detector.pt`` would run its author's code on every scorer that loads it. Files here
 hold only tensors, dicts, lists, strings and numbers, which ``weights_only=True`` reads.
 """
