@@ -463,6 +463,19 @@ def _champion(client, name: str):
         raise
 
 
+def _complete_decision(client, name: str, mv) -> str | None:
+    """Write the ``gate.decision`` of a champion whose promotion died between the alias and
+    that last tag; the decision is the one its ``gate.reason`` (written before the alias)
+    records. Returns it, or None when there was nothing to complete."""
+    if "gate.decision" in mv.tags:
+        return None
+    decided = mv.tags.get("gate.reason", "").split(":", 1)[0]
+    if decided not in ("promoted", "forced"):  # not moved by the gate (e.g. by hand): nothing to claim
+        return None
+    client.set_model_version_tag(name, str(mv.version), "gate.decision", decided)
+    return decided
+
+
 def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             auroc_tolerance: float = DEFAULT_AUROC_TOLERANCE, dark_tolerance: float = DEFAULT_DARK_TOLERANCE,
             validation_passed: bool = True, min_auroc: float = DEFAULT_MIN_AUROC, force: bool = False,
@@ -491,8 +504,11 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
         champion = _champion(client, name)
         champion_version = str(champion.version) if champion is not None else None
         if champion_version == version:
-            return PromotionDecision(True, f"version {version} is already the champion", name, version,
-                                     "unchanged", champion_version)
+            step = f"completing the decision tag on version {version}"
+            completed = _complete_decision(client, name, mv)
+            return PromotionDecision(True, f"version {version} is already the champion"
+                                     + (f" (its '{completed}' decision tag, lost in a crash, is written now)"
+                                        if completed else ""), name, version, "unchanged", champion_version)
         step = f"scoring version {version} on the gate images"
         ch = model_gate_metrics(f"models:/{name}/{version}", images, labels)
         champ = None
