@@ -11,54 +11,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import get_args
 
-import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from danvae.cli_common import CommandError, DefaultsHelpFormatter, apply_output_options, output_options, read_folder
 from danvae.cli_promote import add_promote_parser
-from danvae.config import ModelConfig, ModelName, ScoreConfig, TrainConfig
-from danvae.data.folders import DataError, discover, pack, scan
-from danvae.data.masks import find_masks, has_mask, load_masks
-from danvae.detector import Detector
+from danvae.cli_train import add_train_parser
+from danvae.data.folders import DataError
 from danvae.evaluate import EvaluationError, evaluate_scores
 from danvae.images import ImageError
 from danvae.tracking import TrackingError
 from danvae.train import TrainingDiverged
 
 USER_ERRORS = (DataError, ImageError, EvaluationError, TrainingDiverged, TrackingError, FileNotFoundError, ValueError)
-
-
-class CommandError(Exception):
-    """A one-line message for the user; no traceback."""
-
-
-def _read_folder(data_dir: str, size: int, channels: int):
-    refused: list[tuple[str, str]] = []
-    packed = pack(discover(data_dir, refused), size, channels, progress=True)
-    for path, reason in refused + packed.skipped:
-        print(f"danvae: skipped {path}: {reason}", file=sys.stderr)
-    if len(packed.images) == 0:
-        raise CommandError(f"none of the images under {data_dir} could be read")
-    return packed
-
-
-def _read_masks(data_dir: str, packed, size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Defect masks of the packed anomalies (``masks/<defect>/`` or MVTec's ``ground_truth/``),
-    N×size×size, and which rows have one (normals do: nothing is defective). (None, None)
-    when the folder holds no mask; a mask that cannot be read is reported and left out."""
-    found = scan(data_dir)
-    mask_of = dict(zip(found.found["path"], find_masks(found)))
-    rows = pd.DataFrame({"mask_path": [mask_of.get(p, "") for p in packed.table["path"]]})
-    listed = has_mask(rows)
-    if not listed.any():
-        return None, None
-    masks = load_masks("", rows, size)  # the mask paths are whole paths: nothing to join them to
-    usable = listed & masks.any(axis=(1, 2))
-    for path in rows["mask_path"][listed & ~usable]:
-        print(f"danvae: mask {path} is empty or unreadable; its image trains without a mask", file=sys.stderr)
-    return masks, usable | (packed.table["label"] == "normal").to_numpy()
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -69,28 +35,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(truth)} images to {args.out} ({int((truth['label'] == 'anomaly').sum())} anomalies)")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    model_cfg = ModelConfig(name=args.model, zx_dim=args.zx_dim, zy_dim=args.zy_dim)
-    train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs),
-                            sup_ratio=args.sup_ratio, seed=args.seed, batch_size=args.batch_size, device=args.device)
-    packed = _read_folder(args.data, args.image_size, args.channels)
-    labels = packed.table["label"]
-    if not (labels == "normal").any():
-        raise CommandError(f"no normal images under {args.data}: put them in {Path(args.data) / 'normal'}/")
-    masks, known = _read_masks(args.data, packed, args.image_size)
-    det = Detector(model_cfg, image_size=args.image_size, channels=args.channels, train=train_cfg, score=ScoreConfig())
-    det.fit(packed.images, (labels == "anomaly").to_numpy(), run_dir=args.out, masks=masks, has_mask=known)
-    n_masks = 0 if known is None else int((known & (labels == "anomaly").to_numpy()).sum())
-    print(f"trained {args.model} on {len(packed.images)} images ({n_masks} defect masks) → {args.out} "
-          f"(score {det.score_kind}, threshold {det.threshold:.4g} by {det.threshold_method})")
-
-
 def cmd_score(args: argparse.Namespace) -> None:
     from danvae.registry import load_detector
 
     det = load_detector(args.model)
-    packed = _read_folder(args.data, det.image_size, det.channels)
-    table = det.score_table(packed.images)
+    packed = read_folder(args.data, det.image_size, det.channels, progress=not args.quiet)
+    table = det.score_table(packed.images, progress=not args.quiet)
     out = pd.concat([packed.table[["path", "label"]], table], axis=1)
     ordered = ["path", "label", "brightness", "score", "is_anomaly"]
     out = out[ordered + [c for c in out.columns if c not in ordered]]
@@ -112,8 +62,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="danvae", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    common = output_options()
+    defaults = DefaultsHelpFormatter
 
-    g = sub.add_parser("generate", help="write synthetic surface images with defects")
+    g = sub.add_parser("generate", parents=[common], formatter_class=defaults,
+                       help="write synthetic surface images with defects")
     g.add_argument("out")
     g.add_argument("--normal", type=int, default=400)
     g.add_argument("--anomaly", type=int, default=40)
@@ -123,34 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_generate)
 
-    t = sub.add_parser("train", help="train a detector on DIR/normal and DIR/anomaly/<defect>")
-    t.add_argument("--data", required=True)
-    t.add_argument("--model", default="danvae", choices=list(get_args(ModelName)))
-    t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    t.add_argument("--warmup-epochs", type=int, default=TrainConfig().warmup_epochs)
-    t.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
-    t.add_argument("--image-size", type=int, default=64)
-    t.add_argument("--channels", type=int, default=3, choices=[1, 3])
-    t.add_argument("--zx-dim", type=int, default=ModelConfig().zx_dim)
-    t.add_argument("--zy-dim", type=int, default=ModelConfig().zy_dim)
-    t.add_argument("--sup-ratio", type=float, default=TrainConfig().sup_ratio)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(func=cmd_train)
+    add_train_parser(sub, common)
 
-    s = sub.add_parser("score", help="score every image in a folder")
+    s = sub.add_parser("score", parents=[common], formatter_class=defaults, help="score every image in a folder")
     s.add_argument("--model", required=True,
                    help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_score)
 
-    e = sub.add_parser("evaluate", help="metrics from a score CSV")
+    e = sub.add_parser("evaluate", parents=[common], formatter_class=defaults, help="metrics from a score CSV")
     e.add_argument("--scores", required=True)
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_evaluate)
-    add_promote_parser(sub)
+    add_promote_parser(sub, common)
     return p
 
 
@@ -163,15 +102,15 @@ def _one_line(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_output_options(args)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (CommandError, *USER_ERRORS) as exc:
         print(f"danvae: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("danvae: interrupted; a training run resumes from its last checkpoint", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

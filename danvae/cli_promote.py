@@ -5,8 +5,9 @@
     danvae promote --name danvae --version 3 --data DIR --force --reason "hotfix for line 4 lighting"
 
 DIR is laid out like the other commands' data folders: ``normal/`` and ``anomaly/<defect>/``.
-Prints the decision as JSON; exits 0 whether or not the champion moved (the decision
-says), and 2 with a one-line message when the gate cannot run.
+Prints the decision as JSON. Exit codes: 0 the version is (or already was) the champion;
+3 the gate refused it (the last line names the rule that refused); 2 the gate could not
+run (a one-line message).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+
+REFUSED_EXIT_CODE = 3
 
 
 class PromoteCommandError(ValueError):
@@ -57,7 +61,7 @@ def _gate_images(uri: str, data_dir: str):
     return packed.images, labels
 
 
-def cmd_promote(args: argparse.Namespace) -> None:
+def cmd_promote(args: argparse.Namespace) -> int:
     from danvae.registry import RegistryError, promote
     from danvae.tracking import configure_tracking
 
@@ -84,16 +88,24 @@ def cmd_promote(args: argparse.Namespace) -> None:
     out = decision.to_dict()
     out["validation_report"] = report
     print(json.dumps(out, indent=2, default=str))
-    moved = "champion is now" if decision.promoted else "champion stays"
-    now = decision.version if decision.promoted else (decision.champion_version or "unset")
-    print(f"{decision.decision}: {moved} version {now} of '{args.name}' ({decision.reason})", file=sys.stderr)
+    if decision.promoted:
+        where = f"champion is now version {decision.version} of '{args.name}'"
+    elif decision.champion_version:
+        where = f"champion stays version {decision.champion_version} of '{args.name}'"
+    else:
+        where = f"'{args.name}' still has no champion"
+    print(f"{decision.decision}: {where} ({decision.reason})", file=sys.stderr)
+    return 0 if decision.promoted else REFUSED_EXIT_CODE
 
 
-def add_promote_parser(subparsers) -> argparse.ArgumentParser:
+def add_promote_parser(subparsers, parent: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``promote`` to ``danvae``'s subcommands (``sub = p.add_subparsers(...)``)."""
+    from danvae.cli_common import DefaultsHelpFormatter
     from danvae.registry import DEFAULT_AUROC_TOLERANCE, DEFAULT_DARK_TOLERANCE, DEFAULT_MIN_AUROC
 
-    p = subparsers.add_parser("promote", help="gate a registered model version and move the 'champion' alias",
+    p = subparsers.add_parser("promote", parents=[parent] if parent else [],
+                              formatter_class=DefaultsHelpFormatter,
+                              help="gate a registered model version and move the 'champion' alias",
                               description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True, help="registered model name")
     p.add_argument("--version", required=True, help="version number, or an alias such as 'challenger'")

@@ -173,15 +173,16 @@ class Detector:
             raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
         return self.model
 
-    def score_table(self, images: np.ndarray, with_decision: bool = True,
-                    heatmaps: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
-        """Brightness, every score kind, and (once calibrated) ``score`` and ``is_anomaly`` per image."""
+    def score_table(self, images: np.ndarray, with_decision: bool = True, heatmaps: bool = False,
+                    progress: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+        """Brightness, every score kind, and (once calibrated) ``score`` and ``is_anomaly`` per image;
+        ``progress``: a bar on stderr."""
         model = self._require_fitted()
         images = fit_to(images, self.image_size, self.channels)
         y = brightness(images) if len(images) else np.zeros(0)
         map_kind = heatmap_kind(self.score_kind or default_kind(model), model)
         table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps,
-                                   heatmap_kind=map_kind)
+                                   heatmap_kind=map_kind, progress=progress)
         table["fused"] = fuse(table, self.fusion)
         table.insert(0, "brightness", y)
         if with_decision and self.score_kind is not None:

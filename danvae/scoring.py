@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
+from tqdm.auto import tqdm
 
 from danvae.evaluate import bootstrap_aurocs
 from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
@@ -60,14 +61,16 @@ def self_dissimilarities(images_nhwc: np.ndarray, batch_size: int = 256, device:
 @torch.no_grad()
 def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batch_size: int = 256,
                  keep_heatmaps: bool = False, heatmap_kind: str = HEATMAP_FALLBACK,
-                 dissimilarity: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+                 dissimilarity: np.ndarray | None = None, progress: bool = False
+                 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Every model score kind for each image (rows aligned with ``images_nhwc``), and optionally
     the per-pixel map of ``heatmap_kind`` (N×H×W). ``dissimilarity``: the images'
-    :func:`self_dissimilarities`, when already computed."""
+    :func:`self_dissimilarities`, when already computed. ``progress``: a bar on stderr."""
     device = next(model.parameters()).device
     model.eval()
     columns: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_SCORE_KINDS}
     maps: list[np.ndarray] = []
+    bar = tqdm(total=len(images_nhwc), desc="scoring", unit="image", disable=not progress, leave=False)
     for start in range(0, len(images_nhwc), batch_size):
         x = _tensor_batch(images_nhwc, start, batch_size, device)
         yy = torch.as_tensor(y[start:start + batch_size], dtype=torch.float32, device=device)
@@ -78,6 +81,8 @@ def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batc
         if keep_heatmaps:
             m = kind_maps.get(heatmap_kind, kind_maps[HEATMAP_FALLBACK])
             maps.append(m.float().cpu().numpy())
+        bar.update(len(x))
+    bar.close()
     table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()})
     heatmaps = np.concatenate(maps) if keep_heatmaps and maps else None
     return table, heatmaps

@@ -122,3 +122,65 @@ def test_the_bad_input_corpus_is_scored_without_a_traceback(trained, bad_corpus,
         lines = [line for line in skipped if f"/{name}: " in line]  # a name that is not UTF-8 shows as \xNN
         assert lines, f"{name} is not reported as skipped:\n{err}"
         assert reason in lines[0], f"{name}: {lines[0]!r} does not give the reason {reason!r}"
+
+
+def _train_args(trained, out, *extra: str) -> list[str]:
+    return ["train", "--data", str(trained / "data"), "--out", str(out), "--epochs", "2", "--warmup-epochs", "1",
+            "--image-size", "32", "--zx-dim", "8", "--zy-dim", "2", *extra]
+
+
+def test_an_existing_run_is_refused_unless_resumed_with_the_same_settings_or_overwritten(trained, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "notes.txt").write_text("the user's own file")
+    before = (run / "detector.pt").read_bytes()
+
+    assert main(_train_args(trained, run, "--seed", "7")) == 2  # a new seed must not silently resume the old run
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (run / "detector.pt").read_bytes() == before
+
+    assert main(_train_args(trained, run, "--resume", "--lr", "0.002", "--seed", "7")) == 2
+    err = capsys.readouterr().err
+    assert "train.lr 0.001 → 0.002" in err and "train.seed 0 → 7" in err and len(err.strip().splitlines()) == 1
+    assert main(_train_args(trained, tmp_path / "nothing", "--resume")) == 2
+    assert "holds no training run" in capsys.readouterr().err
+
+    assert main(_train_args(trained, run, "--resume", "--quiet")) == 0  # same settings: continues (all epochs done)
+    assert "resumed from epoch 3" in capsys.readouterr().err
+
+    old_last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert main(_train_args(trained, run, "--overwrite", "--seed", "7", "--lr", "0.002", "--quiet")) == 0
+    out = capsys.readouterr()
+    assert "resumed" not in out.err and "trained danvae" in out.err and out.out == ""
+    assert json.loads((run / "run_config.json").read_text())["train"]["seed"] == 7
+    new_last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(old_last[k], new_last[k]) for k in old_last)  # trained afresh with the new seed
+    assert (run / "notes.txt").read_text() == "the user's own file"  # --overwrite removes the run's files only
+
+
+def test_a_failed_start_leaves_no_run_behind(trained, tmp_path):
+    src = trained / "data" / "anomaly"
+    for p in list(src.rglob("*.png"))[:2]:
+        dest = tmp_path / "d" / "anomaly" / p.parent.name / p.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()  # so the corrected rerun is not refused as an existing run
+
+
+def test_help_shows_defaults_and_quiet_hides_the_progress_bars(trained, tmp_path):
+    helped = danvae("train", "--help")
+    assert "--epochs EPOCHS       (default: 60)" in helped.stdout and "(default: 0.001)" in helped.stdout
+    assert "--resume" in helped.stdout and "--overwrite" in helped.stdout and "--log-level" in helped.stdout
+    loud = danvae("score", "--model", str(trained / "run"), "--data", str(trained / "data"), "--out",
+                  str(tmp_path / "a.csv"))
+    quiet = danvae("score", "--model", str(trained / "run"), "--data", str(trained / "data"), "--out",
+                   str(tmp_path / "b.csv"), "--quiet")
+    assert loud.returncode == quiet.returncode == 0
+    assert "scoring" in loud.stderr and "reading images" in loud.stderr  # tqdm writes to stderr
+    assert "scoring" not in quiet.stderr and "reading images" not in quiet.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))

@@ -209,7 +209,7 @@ def test_failed_block_marks_the_run_failed(sqlite_default):
 
 
 def test_promote_command(sqlite_default, trained, surfaces, capsys):
-    from danvae.cli_promote import PromoteCommandError, add_promote_parser
+    from danvae.cli_promote import REFUSED_EXIT_CODE, PromoteCommandError, add_promote_parser
     from danvae.registry import register_version
 
     parser = argparse.ArgumentParser(prog="danvae")
@@ -225,6 +225,15 @@ def test_promote_command(sqlite_default, trained, surfaces, capsys):
     args.func(args)
     out = json.loads(capsys.readouterr().out)
     assert out["promoted"] and out["version"] == "1" and out["challenger_metrics"]["n_images"] == 72
+    # a refusal is not a success: exit code 3, and the last line names the rule that refused
+    report = surfaces.test_dir.parent / "failed-validation.json"
+    report.write_text(json.dumps({"success": False}))
+    register_version(trained.model_uri, "danvae-cli-refused", run_id=trained.run_id)
+    args = parser.parse_args(["promote", "--name", "danvae-cli-refused", "--version", "challenger", "--data",
+                              str(surfaces.test_dir), "--validation-report", str(report)])
+    assert args.func(args) == REFUSED_EXIT_CODE == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("rejected: 'danvae-cli-refused' still has no champion") and "data validation did not pass" in last
     args = parser.parse_args(["promote", "--name", "no-such-model", "--version", "1", "--data", str(surfaces.test_dir)])
     with pytest.raises(PromoteCommandError) as err:
         args.func(args)

@@ -1,0 +1,160 @@
+"""``danvae train``: an explicit training run in a folder of its own.
+
+    danvae train --data DIR --out runs/a                 # refuses runs/a if it already holds a run
+    danvae train --data DIR --out runs/a --resume        # continue it: the same settings, checked
+    danvae train --data DIR --out runs/a --overwrite     # start afresh in it
+
+The settings of a run are written to ``<out>/run_config.json`` before its first epoch, so a
+resume can name what differs instead of loading weights that do not fit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from danvae.cli_common import CommandError, DefaultsHelpFormatter, read_folder, read_masks
+from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
+
+RUN_CONFIG = "run_config.json"
+# What a run writes into its folder: all that --overwrite removes (nothing else there is touched).
+RUN_FILES = (RUN_CONFIG, "detector.pt", "detector.json", "history.json", "checkpoints")
+
+
+class RunFolderError(ValueError):
+    """The --out folder and --resume/--overwrite do not agree (one line, no traceback)."""
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything a resumed run must share with the run it continues."""
+    train = TrainConfig().model_dump()
+    synthetic = SyntheticDefectConfig().model_dump()
+    synthetic["share"] = args.synthetic_share
+    train.update(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs), sup_ratio=args.sup_ratio,
+                 seed=args.seed, batch_size=args.batch_size, device=args.device, lr=args.lr, beta_x=args.beta_x,
+                 beta_y=args.beta_y, synthetic=synthetic)
+    return {
+        "data": str(Path(args.data).resolve()), "image_size": args.image_size, "channels": args.channels,
+        "model": ModelConfig(name=args.model, zx_dim=args.zx_dim, zy_dim=args.zy_dim,
+                             likelihood=args.likelihood).model_dump(),
+        "train": TrainConfig(**train).model_dump(), "score": ScoreConfig(kind=args.score_kind).model_dump(),
+    }
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old → new`` for every setting that differs, in a stable order."""
+    a, b = _flat(old), _flat(json.loads(json.dumps(new)))
+    return [f"{k} {a.get(k, '(unset)')} → {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / name).exists() for name in RUN_FILES)
+
+
+def check_run_folder(out: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse (:class:`RunFolderError`) what ``out`` and the flags do not allow; writes nothing."""
+    if not holds_run(out):
+        if resume:
+            raise RunFolderError(f"--resume: {out} holds no training run to continue")
+        return
+    if not (resume or overwrite):
+        raise RunFolderError(f"{out} already holds a training run: pass --resume to continue it "
+                             f"(same settings) or --overwrite to start afresh")
+    if resume:
+        saved = out / RUN_CONFIG
+        if not saved.exists():
+            raise RunFolderError(f"--resume: {out} has no {RUN_CONFIG} (a run from an older danvae), so its "
+                                 f"settings cannot be checked; use --overwrite to start afresh")
+        differ = differences(json.loads(saved.read_text()), settings)
+        if differ:
+            more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
+            raise RunFolderError(f"--resume: the settings differ from the run in {out}: {'; '.join(differ[:6])}"
+                                 f"{more}; use --overwrite to start afresh")
+
+
+def start_run_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Clear the previous run's files (``overwrite``; nothing else in ``out``), then record the settings."""
+    if overwrite:
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_CONFIG).write_text(json.dumps(settings, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from danvae.detector import Detector
+
+    settings = run_settings(args)
+    out = Path(args.out)
+    check_run_folder(out, settings, args.resume, args.overwrite)
+    packed = read_folder(args.data, args.image_size, args.channels, progress=not args.quiet)
+    labels = packed.table["label"]
+    if not (labels == "normal").any():
+        raise CommandError(f"no normal images under {args.data}: put them in {Path(args.data) / 'normal'}/")
+    masks, known = read_masks(args.data, packed, args.image_size)
+    start_run_folder(out, settings, args.overwrite)
+    det = Detector(ModelConfig(**settings["model"]), image_size=args.image_size, channels=args.channels,
+                   train=TrainConfig(**settings["train"]), score=ScoreConfig(**settings["score"]))
+    det.fit(packed.images, (labels == "anomaly").to_numpy(), run_dir=out, masks=masks, has_mask=known,
+            progress=False if args.quiet else None)
+    n_masks = 0 if known is None else int((known & (labels == "anomaly").to_numpy()).sum())
+    resumed = f", resumed from epoch {det.resumed_from_epoch + 1}" if det.resumed_from_epoch else ""
+    print(f"trained {args.model} on {len(packed.images)} images ({n_masks} defect masks){resumed} → {out} "
+          f"(score {det.score_kind}, threshold {det.threshold:.4g} by {det.threshold_method})",
+          file=sys.stderr if args.quiet else sys.stdout)
+
+
+def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    train, model, synthetic = TrainConfig(), ModelConfig(), SyntheticDefectConfig()
+    t = subparsers.add_parser("train", parents=[parent], formatter_class=DefaultsHelpFormatter,
+                              help="train a detector on DIR/normal and DIR/anomaly/<defect>",
+                              description="Train a detector on DIR/normal/** and DIR/anomaly/<defect>/** (defect "
+                                          "masks, if any, in DIR/masks/<defect>/ or the MVTec AD layout).")
+    t.add_argument("--data", required=True, help="the image folder")
+    t.add_argument("--out", required=True, help="the run folder (refused if it holds a run, unless --resume or "
+                                                "--overwrite)")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; "
+                                                             "the settings must be the same")
+    again.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
+    t.add_argument("--model", default=model.name, choices=list(get_args(ModelName)))
+    t.add_argument("--epochs", type=int, default=train.epochs)
+    t.add_argument("--warmup-epochs", type=int, default=train.warmup_epochs)
+    t.add_argument("--batch-size", type=int, default=train.batch_size)
+    t.add_argument("--lr", type=float, default=train.lr, help="learning rate (cosine schedule down to lr/20)")
+    t.add_argument("--beta-x", type=float, default=train.beta_x, help="weight of the KL of z_x")
+    t.add_argument("--beta-y", type=float, default=train.beta_y, help="weight of the KL of z_y")
+    t.add_argument("--likelihood", default=model.likelihood, choices=["auto", "sse", "calibrated"],
+                   help="decoder variance")
+    t.add_argument("--synthetic-share", type=float, default=synthetic.share,
+                   help="share of normal images that get a synthetic defect (spatial models)")
+    t.add_argument("--score-kind", default=ScoreConfig().kind, choices=list(get_args(ScoreKind)),
+                   help="the decision score; auto = the model's default unless validation clearly prefers another")
+    t.add_argument("--image-size", type=int, default=64, choices=[32, 64, 128, 256])
+    t.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    t.add_argument("--zx-dim", type=int, default=model.zx_dim)
+    t.add_argument("--zy-dim", type=int, default=model.zy_dim)
+    t.add_argument("--sup-ratio", type=float, default=train.sup_ratio,
+                   help="share of images whose brightness label the model sees")
+    t.add_argument("--device", default=train.device, choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int, default=train.seed)
+    t.set_defaults(func=cmd_train)
+    return t
