@@ -273,6 +273,15 @@ def _registry_transient(task, task_run, state) -> bool:  # noqa: ANN001
     return not isinstance(state.data, ImportError | ParamsError | FileNotFoundError)
 
 
+def promotion_verdict(result: dict[str, Any]) -> str:
+    """The gate's decision in words, as it was taken (not just whether the version is champion)."""
+    champion = result.get("champion_version")
+    return {"promoted": "promoted to champion", "forced": "forced to champion",
+            "unchanged": "already the champion",
+            "rejected": f"rejected by the gate ({f'champion stays v{champion}' if champion else 'no champion yet'})",
+            }.get(result.get("decision"), f"decision {result.get('decision')!r}")
+
+
 @task(name="register-and-promote", retries=1, retry_delay_seconds=10, retry_condition_fn=_registry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 def register_and_promote_task(project_dir: str, params_path: str, validation_passed: bool) -> dict[str, Any]:
@@ -290,7 +299,7 @@ def register_and_promote_task(project_dir: str, params_path: str, validation_pas
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved
-    verdict = "promoted to champion" if result.get("promoted") else "not promoted"
+    verdict = promotion_verdict(result)
     logger.info("registered %s version %s: %s (%s)", result.get("registered_model"), result.get("version"),
                 verdict, result.get("reason", ""))
     create_markdown_artifact(
@@ -342,8 +351,7 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
     promotion = register_and_promote_task(str(root), params_path, validation_passed)
     ran = [s for s, r in stages.items() if not r.get("skipped")]
     message = (f"stages run: {', '.join(ran) or 'none (all up to date)'}; AUROC {_fmt(metrics.get('auroc'))}; "
-               f"{promotion.get('registered_model')} v{promotion.get('version')} "
-               f"{'promoted to champion' if promotion.get('promoted') else 'not promoted'}")
+               f"{promotion.get('registered_model')} v{promotion.get('version')} {promotion_verdict(promotion)}")
     logger.info("%s", message)
     return Completed(message=message, data={"stages": stages, "metrics": metrics, "promotion": promotion,
                                             "message": message})

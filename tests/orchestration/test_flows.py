@@ -48,6 +48,8 @@ def test_pipeline_runs_all_five_stages_and_registers_a_model(trained, prefect_se
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["danvae-metrics"])))
     assert arts and "auroc" in arts[0].data and "| train | ran" in arts[0].data
+    said = {"promoted": "promoted to champion", "rejected": "rejected by the gate (no champion yet)"}
+    assert result["message"].endswith(f"v{promotion['version']} {said[promotion['decision']]}"), result["message"]
 
 
 def test_pipeline_again_reports_stages_dvc_skipped(trained):
@@ -56,6 +58,9 @@ def test_pipeline_again_reports_stages_dvc_skipped(trained):
     with mlflow_at(repo):
         again = pipeline(project_dir=str(repo.path))
     assert all(s["skipped"] and not s["ran"] for s in again["stages"].values()), again["stages"]
+    # the same version again: said as what the gate decided, never "promoted" a second time
+    said = {"unchanged": "already the champion", "rejected": "rejected by the gate (no champion yet)"}
+    assert again["message"].endswith(said[again["promotion"]["decision"]]), again["message"]
     assert "up to date, skipped by DVC" in again["stages"]["train"]["message"]
     assert (repo.path / "dvc.lock").read_text() == lock
     assert len(versions(repo)) == 1  # registering the same model again adds no version
