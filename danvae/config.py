@@ -101,6 +101,9 @@ class TrainConfig(_Strict):
         32, ge=16, description="spatial models: normal images train as random crops of this side (4× cheaper "
                                "steps at 32 of 64 px); None = whole images"
     )
+    ema_decay: float | None = Field(
+        None, ge=0.5, lt=1, description="keep an exponential moving average of the weights (decay per step) and "
+        "validate, keep and ship it instead of the last step's weights; None = off")
     synthetic: SyntheticDefectConfig = SyntheticDefectConfig()
     lighting: LightingConfig = LightingConfig()
     seed: int = 0

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from danvae.augment import DefectBank, relight, synthesize_defects
@@ -171,6 +172,8 @@ class Trainer:
         self.best_epoch: int | None = None  # 1-based epoch whose weights were kept (keep_best)
         self._best: dict | None = None  # the best epoch's state when there is no run folder
         self._bank: DefectBank | None = None  # labelled defects to transplant onto normals
+        self._ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+                     if cfg.ema_decay else None)  # the weights that are validated, kept and shipped
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -270,6 +273,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        if self._ema is not None:
+            self._ema.update_parameters(self.model)
         zero = torch.zeros((), device=self.device)
         return torch.stack([terms.get(k, zero).detach().float() for k in LOSS_TERMS]) * len(batch.x)
 
@@ -326,14 +331,30 @@ class Trainer:
                    desc=f"training {self.model.name}", disable=self.progress is False, unit="epoch")
         for epoch in bar:
             record = self.run_epoch(data, epoch)
-            if self.on_epoch_end is not None:
-                record.update(self.on_epoch_end(epoch, record) or {})
-            self.history.append(record)
-            bar.set_postfix(loss=f"{record['total']:.1f}")
-            self._keep_if_best(epoch, record)
+            with self._averaged_weights():
+                if self.on_epoch_end is not None:
+                    record.update(self.on_epoch_end(epoch, record) or {})
+                self.history.append(record)
+                bar.set_postfix(loss=f"{record['total']:.1f}")
+                self._keep_if_best(epoch, record)
             self.save_checkpoint(epoch)
-        self._restore_best()
+        if not self._restore_best() and self._ema is not None:
+            self.model.load_state_dict(self._ema.module.state_dict())
         return self.history
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """Inside the block the model holds the moving average of its weights (when kept), so
+        validation and keep_best see what would be shipped; the training weights come back after."""
+        if self._ema is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self._ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
 
     @property
     def best_path(self) -> Path | None:
@@ -365,11 +386,12 @@ class Trainer:
             return self._best
         return load_weights(self.best_path, map_location=self.device) if self.best_path.exists() else None
 
-    def _restore_best(self) -> None:
+    def _restore_best(self) -> bool:
         best = self._best_record() if self.cfg.keep_best else None
         if best is not None:
             self.model.load_state_dict(best["model"])
             self.best_epoch = best["epoch"] + 1
+        return best is not None
 
     def save_checkpoint(self, epoch: int) -> None:
         path = self.checkpoint_path
@@ -378,6 +400,8 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "history": self.history, "config": self.cfg.model_dump()}
+        if self._ema is not None:
+            state["ema"] = self._ema.state_dict()
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: an interruption never leaves a half-written checkpoint
@@ -390,7 +414,11 @@ class Trainer:
         try:
             state = load_weights(path, map_location=self.device)
             _check_fits(state, self.model)
+            if self._ema is not None and "ema" not in state:
+                raise ValueError("checkpoint holds no moving average of the weights (train.ema_decay)")
             self.optimizer.load_state_dict(state["optimizer"])
+            if self._ema is not None:
+                self._ema.load_state_dict(state["ema"])
         except (CorruptModelFileError, UnsafeModelFileError, KeyError, TypeError, ValueError) as exc:
             # a checkpoint that cannot be resumed must not fail every rerun: set it aside, start afresh
             aside = path.with_name(path.name + ".unusable")

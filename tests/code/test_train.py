@@ -17,10 +17,11 @@ def _model(seed: int):
     return build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
 
 
-@pytest.mark.parametrize("crop", [None, 16], ids=["whole-images", "crops"])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop):
-    """With synthetic defects, relighting and (here) random crops all drawn from the epoch's seed."""
-    cfg = CFG.model_copy(update={"crop": crop})
+@pytest.mark.parametrize("crop, ema", [(None, None), (16, None), (16, 0.9)], ids=["whole-images", "crops", "ema"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop, ema):
+    """With synthetic defects, relighting and (here) random crops all drawn from the epoch's seed,
+    and the moving average of the weights carried in the checkpoint."""
+    cfg = CFG.model_copy(update={"crop": crop, "ema_decay": ema})
     data = _tiny_data()
     full = Trainer(_model(0), cfg, tmp_path / "full", progress=False)
     full_history = full.fit(data)
@@ -203,3 +204,45 @@ def test_labelled_anomalies_are_relit_in_the_anomaly_phase_as_configured(share):
         assert not any(unchanged) and not any(torch.allclose(x, o, atol=0.02) for x in b.x for o in original)
         assert torch.allclose(b.y, b.x.amax(dim=1).flatten(1).mean(dim=1)), "the brightness label is measured anew"
     assert (b.mask.flatten(1).sum(1) == 5 * 14).all(), "the masks are untouched"
+
+
+def test_the_moving_average_is_what_is_validated_kept_and_shipped(tmp_path):
+    """With ``ema_decay`` the validation callback sees the average of the weights, not the last
+    step's, the training weights come back after it, and fit() ends with the average."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    data = _tiny_data()
+    cfg = TrainConfig(epochs=3, warmup_epochs=1, batch_size=8, seed=3, ema_decay=0.8, keep_best=False)
+    seen = []
+
+    def validation(epoch, record):
+        seen.append([p.detach().clone() for p in trainer.model.parameters()])
+        return {"val_auroc": 0.5}
+
+    trainer = Trainer(_model(0), cfg, tmp_path, progress=False, on_epoch_end=validation)
+    # a shadow average, updated after every step as the trainer's own should be
+    shadow = AveragedModel(trainer.model, multi_avg_fn=get_ema_multi_avg_fn(0.8))
+    live_after_epoch = []
+    step, run_epoch = trainer._step, trainer.run_epoch
+
+    def tracked_step(batch, weights, epoch):
+        out = step(batch, weights, epoch)
+        shadow.update_parameters(trainer.model)
+        return out
+
+    def tracked_epoch(data, epoch):
+        record = run_epoch(data, epoch)
+        live_after_epoch.append([p.detach().clone() for p in trainer.model.parameters()])
+        return record
+
+    trainer._step, trainer.run_epoch = tracked_step, tracked_epoch
+    trainer.fit(data)
+    final = list(trainer.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(shadow.module.parameters(), final))  # shipped: the average
+    assert any(not torch.equal(a, b) for a, b in zip(live_after_epoch[-1], final))  # ... not the last step
+    assert all(torch.equal(a, b) for a, b in zip(seen[-1], final))  # validated: the average
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    live = dict(zip([n for n, _ in trainer.model.named_parameters()], live_after_epoch[-1]))
+    assert all(torch.equal(saved["model"][n], p) for n, p in live.items())  # the checkpoint resumes training ...
+    average = dict(zip(live, shadow.module.parameters()))
+    assert all(torch.equal(saved["ema"][f"module.{n}"], p) for n, p in average.items())  # ... and the average
