@@ -205,6 +205,8 @@ class ValidateConfig(_Strict):
 class TrackingConfig(_Strict):
     experiment: str = "danvae"
     registered_model: str = "danvae-surface"
+    alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+                       description="alias a newly registered version gets (the sweep uses its own, 'sweep')")
 
 
 class PromoteConfig(_Strict):

@@ -69,6 +69,7 @@ class Detector:
         self.brightness_trend: list[float] | None = None
         self.brightness_spread: list[float] | None = None
         self.history: list[dict[str, float]] = []
+        self.score_range: tuple[float, float] | None = None  # of the validation images' decision scores
         self.best_epoch: int | None = None
         self.resumed_from_epoch = 0  # the epoch fit() resumed from (0: from the start)
 
@@ -157,10 +158,22 @@ class Detector:
             spread = fit_brightness_spread(residual, normal["brightness"])
             if np.polyval(spread, 0.5) > 0:
                 self.brightness_spread = spread
+        decision = self._decision_score(table)
         self.threshold, self.threshold_method = calibrate_threshold(
-            self._decision_score(table), is_anomaly, self.score_config.normal_quantile,
-            self.score_config.max_val_fpr)
+            decision, is_anomaly, self.score_config.normal_quantile, self.score_config.max_val_fpr)
+        finite = decision[np.isfinite(decision)]
+        self.score_range = (float(finite.min()), float(finite.max())) if len(finite) else None
         return self
+
+    def normalized_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Decision scores mapped to [0, 1] with the threshold at 0.5 (anomalib's convention): shifted
+        by the threshold and scaled by the spread of the validation images' scores, then clipped.
+        NaN for a model saved before the spread was recorded."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.score_range is None or self.threshold is None:
+            return np.full(scores.shape, np.nan)
+        low, high = self.score_range
+        return np.clip((scores - self.threshold) / max(high - low, 1e-12) + 0.5, 0.0, 1.0)
 
     # ---- scoring -----------------------------------------------------------------
     def _decision_score(self, table: pd.DataFrame) -> np.ndarray:
@@ -188,6 +201,7 @@ class Detector:
         if with_decision and self.score_kind is not None:
             table.insert(1, "score", self._decision_score(table))
             table.insert(2, "is_anomaly", table["score"] >= self.threshold)
+            table.insert(3, "normalized_score", self.normalized_scores(table["score"].to_numpy()))
         return (table, maps) if heatmaps else table
 
     def score_samples(self, images: np.ndarray) -> np.ndarray:
@@ -225,7 +239,7 @@ class Detector:
             "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
             "brightness_spread": self.brightness_spread,
             "val_auroc_interval": self.val_auroc_interval, "kind_choice": self.kind_choice, "fusion": self.fusion,
-            "best_epoch": self.best_epoch,
+            "best_epoch": self.best_epoch, "score_range": self.score_range,
         }
 
     def save(self, run_dir: str | Path) -> Path:
@@ -259,5 +273,6 @@ class Detector:
         det.val_auroc_interval = tuple(interval) if interval else None
         det.kind_choice = meta.get("kind_choice")
         det.best_epoch = meta.get("best_epoch")
+        det.score_range = tuple(meta["score_range"]) if meta.get("score_range") else None
         det.history = state.get("history", [])
         return det

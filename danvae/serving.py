@@ -14,8 +14,8 @@ a 1-d object array of H×W×C uint8 arrays (``promote`` and :func:`predict_frame
 plain list).
 
 Output: a DataFrame, one row per image, columns :data:`OUTPUT_COLUMNS`: ``brightness``,
-``score`` (the detector's calibrated score kind), ``is_anomaly`` (``score >= threshold``)
-and every score kind (:data:`danvae.models.SCORE_KINDS`: ``head_max``, ``recon_max``, ``kl_zx``, ...). The
+``score`` (the detector's calibrated score kind), ``is_anomaly`` (``score >= threshold``),
+``normalized_score`` (in [0, 1], 0.5 at the threshold) and every score kind (:data:`danvae.models.SCORE_KINDS`: ``head_max``, ``recon_max``, ``kl_zx``, ...). The
 score kind, threshold and image size are in the MLmodel ``metadata``.
 
 Serving (``mlflow models serve -m models:/danvae@champion --env-manager local``)::
@@ -48,7 +48,7 @@ from danvae.models.base import SCORE_KINDS  # noqa: E402
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
 DETECTOR_ARTIFACT = "detector"
-OUTPUT_COLUMNS = ("brightness", "score", "is_anomaly", *SCORE_KINDS)
+OUTPUT_COLUMNS = ("brightness", "score", "is_anomaly", "normalized_score", *SCORE_KINDS)
 TORCH_REQUIREMENT = "torch==2.13.0"  # when torch's version cannot be read; never a range (pulls a CUDA build)
 _REQUIRED = ("numpy", "pandas", "pillow", "scikit-learn", "scipy", "pydantic", "tqdm", "mlflow")
 

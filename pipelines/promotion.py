@@ -35,7 +35,8 @@ def register_and_promote(project_dir: Path, params: Params, validation_passed_: 
     version = run.get("registered_version")
     if not version or run.get("registered_model") != name:
         tags = {MODEL_SHA256_TAG: run["model_sha256"]} if run.get("model_sha256") else None
-        version = str(register_version(run["model_uri"], name, run_id=run["run_id"], tags=tags).version)
+        version = str(register_version(run["model_uri"], name, run_id=run["run_id"], tags=tags,
+                                       alias=params.tracking.alias).version)
     manifest = load_manifest(project_dir / "data")
     test = test_rows(manifest, params.data.test_anomaly_share)
     images = load_images(project_dir / "data")[test["row"].to_numpy()]

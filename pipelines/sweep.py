@@ -58,6 +58,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("r2_zy", "r2_zy", "R²(z_y)"),
     ("r2_zx", "r2_zx", "R²(z_x)"),
 ]
+SWEEP_ALIAS = "sweep"  # the alias the sweep's versions get, never challenger's
 TABLE_COLUMNS = [c for c, _, _ in COLUMNS] + ["experiment"]
 METRIC_COLUMNS = ["auroc", "auroc_darkest", "brightness_spearman", "r2_zy", "r2_zx"]
 
@@ -79,8 +80,9 @@ def grid(models: Sequence[str] = MODELS, zx_dims: Sequence[int] = ZX_DIMS, ratio
 
 
 def queue_command(point: Mapping[str, Any], extra: Sequence[str] = ()) -> list[str]:
-    """The ``dvc exp run --queue`` arguments (after ``dvc``) for one grid point."""
-    cmd = ["exp", "run", "--queue"]
+    """The ``dvc exp run --queue`` arguments (after ``dvc``) for one grid point. Its model
+    version gets the alias ``sweep``, so an experiment never becomes the ``challenger``."""
+    cmd = ["exp", "run", "--queue", "-S", f"tracking.alias={SWEEP_ALIAS}"]
     for key, value in point.items():
         cmd += ["-S", f"{key}={value}"]
     for setting in extra:

@@ -55,7 +55,7 @@ def main(params: Params) -> None:
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
     write_json(RUN_FILE, record)
     version = register_version(info.model_uri, params.tracking.registered_model, run_id=run.run_id,
-                               tags={MODEL_SHA256_TAG: record["model_sha256"]})
+                               tags={MODEL_SHA256_TAG: record["model_sha256"]}, alias=params.tracking.alias)
     record.update(registered_model=params.tracking.registered_model, registered_version=str(version.version))
     write_json(RUN_FILE, record)
     last = detector.history[-1]
@@ -71,7 +71,7 @@ def main(params: Params) -> None:
     resumed = f", resumed from epoch {detector.resumed_from_epoch + 1}" if detector.resumed_from_epoch else ""
     print(f"train: {params.model.name} on {len(train)} images{resumed}; score {detector.score_kind} ({detector.kind_choice}), "
           f"threshold {detector.threshold:.4g} ({detector.threshold_method}); MLflow run {run.run_id}, "
-          f"registered {params.tracking.registered_model} v{version.version} as challenger")
+          f"registered {params.tracking.registered_model} v{version.version} as {params.tracking.alias}")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,40 @@ def test_a_normal_image_keeps_its_decision_under_a_change_of_gain(danvae_model, 
         relit = np.clip(np.rint(normal.astype(float) * gain), 0, 255).astype(np.uint8)
         kept = (danvae_model.predict(relit) == base).mean()
         assert kept >= 0.9, f"gain {gain}: {kept:.0%} of normal images keep their decision"
+
+
+def test_predict_writes_overlays_whose_hottest_pixel_lies_in_the_planted_defect(danvae_model, surfaces, tmp_path):
+    """``danvae predict --all``: a row per image whose normalised score is ≥ 0.5 exactly when it is
+    flagged, and an overlay per image whose heatmap panel is lightest inside the planted defect."""
+    import pandas as pd
+    from PIL import Image
+
+    from danvae.cli import main
+
+    test = surfaces[1]
+    clean = test.images[(test.table["label"] == "normal").to_numpy()][:30]
+    folder = tmp_path / "data"
+    for sub, images in (("anomaly/planted", _plant(clean)), ("normal", clean)):
+        (folder / sub).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / sub / f"{i:03d}.png")
+    danvae_model.save(tmp_path / "model")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--data", str(folder), "--out", str(tmp_path / "out"),
+                 "--all", "--quiet"]) == 0
+    rows = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 60 and rows["overlay"].notna().all()
+    assert ((rows["normalized_score"] >= 0.5) == rows["is_anomaly"]).all()
+    assert rows["normalized_score"].between(0, 1).all()
+    planted = rows[rows["label"] == "anomaly"]
+    assert planted["normalized_score"].mean() > rows.loc[rows["label"] == "normal", "normalized_score"].mean()
+    inside = []
+    for name in planted["overlay"]:
+        tile = np.asarray(Image.open(tmp_path / "out" / "overlays" / name).convert("L"), dtype=float)
+        side = tile.shape[0]
+        heat = tile[:, side:2 * side]  # the middle panel: the heatmap alone, lighter = hotter
+        r, c = np.unravel_index(np.argmax(heat), heat.shape)
+        r, c = r * SIZE / side, c * SIZE / side
+        inside.append(8 <= r < 17 and 12 <= c < 21)  # the defect at rows 10-14, columns 14-18, 2 px margin
+    assert np.mean(inside) > 0.8, f"overlay peak inside the defect for {np.mean(inside):.0%} of images"
+    assert (tmp_path / "out" / "contact_sheet.png").exists()
+    assert (tmp_path / "out" / "index.html").read_text().count("<img ") == 60

@@ -45,7 +45,7 @@ def test_grid_queues_vae_once_per_zx_unless_asked():
     assert [(p["model.zx_dim"], p["data.train_anomaly_ratio"]) for p in vae] == [(24, 0.05), (56, 0.05), (120, 0.05)]
     assert len(sweep.grid(vae_every_ratio=True)) == 27
     assert sweep.queue_command(points[0], ["train.epochs=3"]) == [
-        "exp", "run", "--queue", "-S", "model.name=vae", "-S", "model.zx_dim=24",
+        "exp", "run", "--queue", "-S", "tracking.alias=sweep", "-S", "model.name=vae", "-S", "model.zx_dim=24",
         "-S", "data.train_anomaly_ratio=0.05", "-S", "train.epochs=3"]
 
 
@@ -158,3 +158,10 @@ def test_a_tiny_sweep_queues_runs_and_gathers(tmp_path):
     assert "(from mlflow)" in via_mlflow.stdout
     other = pd.read_csv(repo.path / "reports/sweep-ml/sweep.csv")
     pd.testing.assert_frame_equal(table.drop(columns="experiment"), other.drop(columns="experiment"), atol=1e-6)
+
+    # Each experiment registered a version under the sweep's own alias; none became the challenger.
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{repo.path / 'mlflow.db'}"
+    registered = MlflowClient(tracking_uri=store, registry_uri=store).get_registered_model("danvae-surface")
+    assert set(registered.aliases) == {"sweep"}, registered.aliases
