@@ -1,12 +1,13 @@
 """DAn-VAE: visual surface inspection with disentangled anomaly detection.
 
-    from danvae import Detector
-    det = Detector("danvae", image_size=64).fit(images, is_anomaly)
-    scores = det.score_samples(new_images)
+    from danvae import Detector, load_folder
+    data = load_folder("data/surfaces", image_size=64)
+    det = Detector("danvae", image_size=64).fit(data.images, data.is_anomaly, masks=data.masks, has_mask=data.has_mask)
+    scores = det.decision_function(new_images)
 """
 from __future__ import annotations
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "load_folder"]
 __version__ = "0.1.0"
 
 
@@ -16,4 +17,8 @@ def __getattr__(name: str):
         from danvae.detector import Detector
 
         return Detector
+    if name == "load_folder":
+        from danvae.data.labelled import load_folder
+
+        return load_folder
     raise AttributeError(f"module 'danvae' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """What every ``danvae`` subcommand shares: the one-line error, reading an image folder and its
-defect masks (reporting what it skips), and the --quiet / --log-level options."""
+defect masks (reporting what it skips), the --quiet / --log-level options and the help format."""
 from __future__ import annotations
 
 import argparse
@@ -7,42 +7,25 @@ import copy
 import logging
 import sys
 
-import numpy as np
-import pandas as pd
-
-from danvae.data.folders import Packed, discover, pack, scan
-from danvae.data.masks import find_masks, has_mask, load_masks
+from danvae.data.labelled import LabelledFolder, load_folder
 
 
 class CommandError(Exception):
     """A one-line message for the user; no traceback."""
 
 
-def read_folder(data_dir: str, size: int, channels: int, progress: bool = True) -> Packed:
-    refused: list[tuple[str, str]] = []
-    packed = pack(discover(data_dir, refused), size, channels, progress=progress)
-    for path, reason in refused + packed.skipped:
+def read_folder(data_dir: str, size: int, channels: int, *, masks: bool = False, progress: bool = True
+                ) -> LabelledFolder:
+    """The folder's images, labels and (``masks``) defect masks; each skipped image and unusable
+    mask named on stderr."""
+    data = load_folder(data_dir, size, channels, masks=masks, progress=progress)
+    for path, reason in data.skipped:
         print(f"danvae: skipped {path}: {reason}", file=sys.stderr)
-    if len(packed.images) == 0:
+    if len(data.images) == 0:
         raise CommandError(f"none of the images under {data_dir} could be read")
-    return packed
-
-
-def read_masks(data_dir: str, packed, size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Defect masks of the packed anomalies (``masks/<defect>/`` or MVTec's ``ground_truth/``),
-    N×size×size, and which rows have one (normals do: nothing is defective). (None, None)
-    when the folder holds no mask; a mask that cannot be read is reported and left out."""
-    found = scan(data_dir)
-    mask_of = dict(zip(found.found["path"], find_masks(found)))
-    rows = pd.DataFrame({"mask_path": [mask_of.get(p, "") for p in packed.table["path"]]})
-    listed = has_mask(rows)
-    if not listed.any():
-        return None, None
-    masks = load_masks("", rows, size)  # the mask paths are whole paths: nothing to join them to
-    usable = listed & masks.any(axis=(1, 2))
-    for path in rows["mask_path"][listed & ~usable]:
+    for path in data.unusable_masks:
         print(f"danvae: mask {path} is empty or unreadable; its image trains without a mask", file=sys.stderr)
-    return masks, usable | (packed.table["label"] == "normal").to_numpy()
+    return data
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

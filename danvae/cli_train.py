@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from danvae.cli_common import CommandError, DefaultsHelpFormatter, read_folder, read_masks
+from danvae.cli_common import CommandError, DefaultsHelpFormatter, read_folder
 from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -105,19 +105,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = run_settings(args)
     out = Path(args.out)
     check_run_folder(out, settings, args.resume, args.overwrite)
-    packed = read_folder(args.data, args.image_size, args.channels, progress=not args.quiet)
-    labels = packed.table["label"]
-    if not (labels == "normal").any():
+    data = read_folder(args.data, args.image_size, args.channels, masks=True, progress=not args.quiet)
+    if not (data.table["label"] == "normal").any():
         raise CommandError(f"no normal images under {args.data}: put them in {Path(args.data) / 'normal'}/")
-    masks, known = read_masks(args.data, packed, args.image_size)
     start_run_folder(out, settings, args.overwrite)
     det = Detector(ModelConfig(**settings["model"]), image_size=args.image_size, channels=args.channels,
                    train=TrainConfig(**settings["train"]), score=ScoreConfig(**settings["score"]))
-    det.fit(packed.images, (labels == "anomaly").to_numpy(), run_dir=out, masks=masks, has_mask=known,
+    det.fit(data.images, data.is_anomaly, run_dir=out, masks=data.masks, has_mask=data.has_mask,
             progress=False if args.quiet else None)
-    n_masks = 0 if known is None else int((known & (labels == "anomaly").to_numpy()).sum())
+    n_masks = 0 if data.has_mask is None else int((data.has_mask & data.is_anomaly).sum())
     resumed = f", resumed from epoch {det.resumed_from_epoch + 1}" if det.resumed_from_epoch else ""
-    print(f"trained {args.model} on {len(packed.images)} images ({n_masks} defect masks){resumed} → {out} "
+    print(f"trained {args.model} on {len(data.images)} images ({n_masks} defect masks){resumed} → {out} "
           f"(score {det.score_kind}, threshold {det.threshold:.4g} by {det.threshold_method})",
           file=sys.stderr if args.quiet else sys.stdout)
 

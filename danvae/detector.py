@@ -1,9 +1,16 @@
 """A detector a notebook user can hold: fit on images, score, predict, save, load.
 
     det = Detector("danvae", image_size=64).fit(images, is_anomaly)   # images N×H×W×C uint8
-    det.score_samples(new_images)        # the default score kind, higher = more anomalous
-    det.predict(new_images)              # True where score >= the calibrated threshold
+    det.decision_function(new_images)    # the decision score, higher = more anomalous
+    det.predict(new_images)              # 1 where that score >= det.threshold_, else 0
+    det.predict_proba(new_images)        # N×2: [normal, anomalous], 0.5 at the threshold
     det.save("runs/a"); Detector.load("runs/a")
+
+The estimator API follows PyOD's conventions (not scikit-learn's outlier detectors, whose
+``score_samples`` is higher for more normal samples): ``decision_function`` and its alias
+``score_samples`` rise with abnormality, ``predict`` returns 0 (normal) / 1 (anomalous),
+``threshold_`` is the calibrated threshold, and ``get_params`` / ``set_params`` make
+``sklearn.base.clone`` work.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ class Detector:
 
     def __init__(self, model: ModelConfig | str = "danvae", *, image_size: int = 64, channels: int = 3,
                  train: TrainConfig | None = None, score: ScoreConfig | None = None):
+        self._params = {"model": model, "image_size": image_size, "channels": channels, "train": train,
+                        "score": score}
         self.model_config = ModelConfig(name=model) if isinstance(model, str) else model
         self.train_config = train or TrainConfig()
         self.score_config = score or ScoreConfig()
@@ -204,13 +213,43 @@ class Detector:
             table.insert(3, "normalized_score", self.normalized_scores(table["score"].to_numpy()))
         return (table, maps) if heatmaps else table
 
-    def score_samples(self, images: np.ndarray) -> np.ndarray:
-        """The default anomaly score per image (higher = more anomalous)."""
+    def decision_function(self, images: np.ndarray) -> np.ndarray:
+        """The decision score per image: higher = more anomalous (PyOD's convention)."""
         return self.score_table(images)["score"].to_numpy()
 
+    def score_samples(self, images: np.ndarray) -> np.ndarray:
+        """The same as :meth:`decision_function` (higher = more anomalous)."""
+        return self.decision_function(images)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """True where an image is called anomalous at the calibrated threshold."""
-        return self.score_table(images)["is_anomaly"].to_numpy()
+        """1 where an image is called anomalous at the calibrated threshold, else 0 (int)."""
+        return self.score_table(images)["is_anomaly"].to_numpy().astype(int)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """N×2 [normal, anomalous]: the score normalised to [0, 1] with the threshold at 0.5
+        (see :meth:`normalized_scores`); not a calibrated probability."""
+        p = self.score_table(images)["normalized_score"].to_numpy(dtype=np.float64)
+        return np.stack([1.0 - p, p], axis=1)
+
+    @property
+    def threshold_(self) -> float:
+        """The calibrated threshold on the decision score (scikit-learn's fitted-attribute name)."""
+        if self.threshold is None:
+            raise AttributeError("this Detector is not fitted yet: it has no threshold_")
+        return self.threshold
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments, as given (so ``sklearn.base.clone`` rebuilds an unfitted copy)."""
+        return dict(self._params)
+
+    def set_params(self, **params) -> "Detector":
+        """Change constructor arguments; unknown names are refused. A fitted detector is unfitted
+        by it (its weights belonged to the old settings): fit it again."""
+        unknown = sorted(set(params) - set(self._params))
+        if unknown:
+            raise ValueError(f"Detector has no parameter {', '.join(unknown)}; it has {', '.join(self._params)}")
+        self.__init__(**{**self._params, **params})
+        return self
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         """The per-pixel map behind the score kind (the anomaly head's for head_max and fused),
