@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Set before mlflow is first imported by anything that goes through this module.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -40,6 +40,9 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from danvae.process import pid_alive  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_EXPERIMENT = "danvae"
 DB_FILE = "mlflow.db"
@@ -405,6 +408,15 @@ class TrainingRun:
         for start in range(0, len(items), 100):
             client.log_batch(self._require_run(), params=[Param(k, v) for k, v in items[start:start + 100]])
         return flat
+
+    def log_dataset(self, table: pd.DataFrame, name: str, source: str, digest: str,
+                    context: str = "training") -> None:
+        """Record ``table`` (e.g. the manifest) as the run's dataset input: its name, where it
+        lives, its digest (the data version) and schema, as MLflow's run page shows them."""
+        import mlflow.data
+
+        self._require_run()
+        mlflow.log_input(mlflow.data.from_pandas(table, source=source, name=name, digest=digest), context=context)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Log numeric metrics (flattened; None skipped)."""

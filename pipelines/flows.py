@@ -44,6 +44,7 @@ import pipelines  # noqa: F401  (offline/no-telemetry defaults and PREFECT_HOME 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
@@ -55,6 +56,7 @@ STAGES = ("ingest", "validate", "train", "score", "evaluate")
 TRAIN_FLOW = "train-stage"
 DATA_DIR = Path("data")
 NO_NEW_IMAGES = "no new images"
+SKIPPED = "Skipped"  # the state name of a stage task whose DVC stage was up to date
 STAGE_RETRIES = 2
 STAGE_RETRY_DELAYS = exponential_backoff(backoff_factor=10)  # 10 s, 20 s
 _PROGRESS = re.compile(r"\d+%\|.*\||it/s\]|s/it\]")
@@ -163,16 +165,19 @@ def run_dvc_stage(stage: str, root: Path, logger=None) -> dict[str, Any]:  # noq
 # ----------------------------------------------------------------------------- tasks
 @task(name="dvc-stage", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS, retry_jitter_factor=0.2,
       retry_condition_fn=_transient, cache_policy=NO_CACHE, persist_result=False)
-def stage_task(stage: str, project_dir: str) -> dict[str, Any]:
+def stage_task(stage: str, project_dir: str) -> State:
+    """One DVC stage; a stage DVC skipped ends in a Completed state named ``Skipped``."""
     logger = get_run_logger()
     result = run_dvc_stage(stage, Path(project_dir), logger)
     logger.info("%s", result["message"])
-    return result
+    return Completed(name=SKIPPED if result["skipped"] else "Completed", message=result["message"], data=result)
 
 
-def _stage(stage: str, project_dir: str) -> dict[str, Any]:
-    """Run one DVC stage as a task named after it."""
-    return stage_task.with_options(name=stage, task_run_name=stage)(stage, project_dir)
+def _stage(stage: str, project_dir: str, after: State | None = None) -> State:
+    """Run one DVC stage as a task named after it, downstream of ``after`` in the run graph.
+    Returns its final state; ``.result()`` gives the stage's record (and raises if it failed)."""
+    return stage_task.with_options(name=stage, task_run_name=stage)(
+        stage, project_dir, wait_for=[after] if after is not None else None, return_state=True)
 
 
 def _check_pool_reachable(pool: str) -> None:
@@ -321,7 +326,7 @@ def train_stage(project_dir: str | None = None, params_path: str = "params.yaml"
     logger = get_run_logger()
     logger.info("train stage on %s (pid %d) in %s; CUDA_VISIBLE_DEVICES=%s", socket.gethostname(), os.getpid(),
                 root, os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
-    result = _stage("train", str(root))
+    result = _stage("train", str(root)).result()
     result["host"] = socket.gethostname()
     return Completed(message=result["message"], data=result)
 
@@ -340,11 +345,14 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
     if pool:
         _check_pool_reachable(pool)  # before any stage runs
     stages: dict[str, dict] = {}
+    previous: State | None = None  # each stage waits for the one before: the run graph shows the pipeline
     for stage in STAGES:
         if stage == "train" and pool:
-            stages[stage] = train_on_pool(pool, str(root), params_path, train_timeout_s)
+            previous = train_on_pool(pool, str(root), params_path, train_timeout_s,
+                                     wait_for=[previous] if previous is not None else None, return_state=True)
         else:
-            stages[stage] = _stage(stage, str(root))
+            previous = _stage(stage, str(root), after=previous)
+        stages[stage] = previous.result()
     report = root / "reports" / "validation.json"
     validation_passed = bool(json.loads(report.read_text()).get("success", False)) if report.exists() else False
     metrics = metrics_artifact(str(root), stages)

@@ -13,7 +13,7 @@ from danvae.data.masks import has_mask, load_masks
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.registry import MODEL_SHA256_TAG, register_version
-from danvae.tracking import TrainingRun, configure_tracking
+from danvae.tracking import TrainingRun, configure_tracking, git_commit
 from pipelines.stages.common import RUN_FILE, run_stage, write_json
 
 DATA = Path("data")
@@ -30,6 +30,12 @@ def checkpoint_dir(params: Params, manifest_ids: list[str]) -> Path:
     return Path(".cache/checkpoints") / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def run_name(params: Params) -> str:
+    """``<model>-zx<d>-r<ratio>-<short commit>``: runs of a sweep told apart in MLflow's list."""
+    commit = (git_commit() or "nogit")[:7]
+    return f"{params.model.name}-zx{params.model.zx_dim}-r{params.data.train_anomaly_ratio:g}-{commit}"
+
+
 def main(params: Params) -> None:
     manifest = load_manifest(DATA)
     images = load_images(DATA)
@@ -43,8 +49,9 @@ def main(params: Params) -> None:
                         train=params.train, score=params.score)
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
     data_version = hashlib.md5((DATA / "manifest.parquet").read_bytes()).hexdigest()  # = DVC's hash of it
-    with TrainingRun(params.tracking.experiment, params=params.model_dump(by_alias=True),
+    with TrainingRun(params.tracking.experiment, run_name=run_name(params), params=params.model_dump(by_alias=True),
                      data_version=data_version) as run:
+        run.log_dataset(manifest, "manifest", source=str((DATA / "manifest.parquet").resolve()), digest=data_version)
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
                      val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
                      run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),

@@ -24,12 +24,22 @@ pytestmark = pytest.mark.slow
 def trained(prefect_server, tmp_path_factory):
     repo = new_repo(tmp_path_factory.mktemp("flows") / "repo")
     with mlflow_at(repo):
-        result = pipeline(project_dir=str(repo.path))
-    return repo, result
+        state = pipeline(project_dir=str(repo.path), return_state=True)
+    return repo, state.result(), state.state_details.flow_run_id
+
+
+def stage_task_runs(flow_run_id) -> dict:
+    """The flow run's stage task runs, by name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r for r in runs if r.name in STAGES}
 
 
 def test_pipeline_runs_all_five_stages_and_registers_a_model(trained, prefect_server):
-    repo, result = trained
+    repo, result, flow_run_id = trained
     stages = result["stages"]
     assert list(stages) == list(STAGES)
     assert all(s["ran"] and not s["skipped"] for s in stages.values()), stages
@@ -48,16 +58,25 @@ def test_pipeline_runs_all_five_stages_and_registers_a_model(trained, prefect_se
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["danvae-metrics"])))
     assert arts and "auroc" in arts[0].data and "| train | ran" in arts[0].data
+    # the run graph shows the pipeline: each stage task waits for the one before it
+    runs = stage_task_runs(flow_run_id)
+    assert sorted(runs) == sorted(STAGES) and all(r.state.name == "Completed" for r in runs.values())
+    for before, after in zip(STAGES, STAGES[1:]):
+        upstream = {i.id for i in runs[after].task_inputs.get("wait_for", [])}
+        assert upstream == {runs[before].id}, (after, runs[after].task_inputs)
     said = {"promoted": "promoted to champion", "rejected": "rejected by the gate (no champion yet)"}
     assert result["message"].endswith(f"v{promotion['version']} {said[promotion['decision']]}"), result["message"]
 
 
 def test_pipeline_again_reports_stages_dvc_skipped(trained):
-    repo, _ = trained
+    repo, *_ = trained
     lock = (repo.path / "dvc.lock").read_text()
     with mlflow_at(repo):
-        again = pipeline(project_dir=str(repo.path))
+        state = pipeline(project_dir=str(repo.path), return_state=True)
+    again = state.result()
     assert all(s["skipped"] and not s["ran"] for s in again["stages"].values()), again["stages"]
+    runs = stage_task_runs(state.state_details.flow_run_id)  # a skipped stage is shown as such
+    assert {name: r.state.name for name, r in runs.items()} == {name: "Skipped" for name in STAGES}
     # the same version again: said as what the gate decided, never "promoted" a second time
     said = {"unchanged": "already the champion", "rejected": "rejected by the gate (no champion yet)"}
     assert again["message"].endswith(said[again["promotion"]["decision"]]), again["message"]
@@ -67,7 +86,7 @@ def test_pipeline_again_reports_stages_dvc_skipped(trained):
 
 
 def test_retrain_without_new_images_changes_nothing(trained):
-    repo, _ = trained
+    repo, *_ = trained
     before = (versions(repo), champion(repo), (repo.path / "dvc.lock").read_text(),
               (repo.path / "data/manifest.parquet").stat().st_mtime_ns)
     with mlflow_at(repo):
@@ -92,7 +111,7 @@ def test_retrain_with_new_images_registers_a_new_version_and_gates_champion(trai
     """New images: a new version, judged by the gate against the old champion. The gate is set so
     that any computable AUROC passes (tolerances 1, floor 0), so the champion must move to it; a
     gate that refused, or an alias left behind, fails here (refusals: tests/mlflow, tests/code)."""
-    repo, _ = trained
+    repo, *_ = trained
     old_versions, old_champion = versions(repo), champion(repo)
     gate = _gate_params(repo, repo.path.parent / "lenient-gate.yaml",
                         {"auroc_tolerance": 1.0, "dark_tolerance": 1.0, "min_auroc": 0.0})
@@ -117,7 +136,7 @@ def test_retrain_with_new_images_registers_a_new_version_and_gates_champion(trai
 
 
 def test_a_failed_validation_is_not_retried_and_registers_nothing(trained):
-    repo, _ = trained
+    repo, *_ = trained
     before = versions(repo)
     rng = np.random.default_rng(0)
     incoming = repo.path / "data/incoming/normal"

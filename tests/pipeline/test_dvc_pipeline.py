@@ -34,6 +34,18 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert f"danvae-surface v1: {decision['decision']}" in summary and "image AUROC" in summary
     assert ("WARNING" in summary) == (metrics["auroc_low"] <= 0.5)
 
+    # the MLflow run is named after what it trained and lists the manifest as its dataset input
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tiny_repo.path / 'mlflow.db'}"
+    record = json.loads((tiny_repo.path / "models/run.json").read_text())
+    run = MlflowClient(tracking_uri=store, registry_uri=store).get_run(record["run_id"])
+    commit = tiny_repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
+    assert run.info.run_name == f"danvae-zx8-r0.1-{commit}", run.info.run_name
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "manifest" and dataset.dataset.digest == run.data.tags["data_version"]
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+
     again = tiny_repo.dvc("repro")
     assert ran(again.stdout) == set()
     assert "up to date" in again.stdout.lower()
