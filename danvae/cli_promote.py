@@ -24,9 +24,10 @@ class PromoteCommandError(ValueError):
     """A one-line failure for the user (a ValueError, so ``danvae``'s main prints it without a traceback)."""
 
 
-def _validation_passed(path: str | None) -> tuple[bool, str | None]:
+def _validation_passed(path: str | None) -> tuple[bool | None, str | None]:
+    """The report's verdict, or None (not checked) when no report is given."""
     if path is None:
-        return True, None
+        return None, None
     p = Path(path)
     if not p.is_file():
         raise PromoteCommandError(f"validation report {p} does not exist: run the validate stage first")

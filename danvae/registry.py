@@ -393,11 +393,11 @@ def _fmt(x: float | None) -> str:
 
 
 def _judge(ch: dict, champ: dict | None, champion_version: str | None, *, auroc_tolerance: float,
-           dark_tolerance: float, validation_passed: bool, min_auroc: float) -> tuple[bool, str]:
-    """The gate itself: (passes, reason)."""
+           dark_tolerance: float, validation_passed: bool | None, min_auroc: float) -> tuple[bool, str]:
+    """The gate itself: (passes, reason). ``validation_passed`` None: no report was given (not judged)."""
     failures: list[str] = []
     notes: list[str] = []
-    if not validation_passed:
+    if validation_passed is False:
         failures.append("data validation did not pass")
     a = ch.get("auroc")
     if champ is None:
@@ -426,11 +426,20 @@ def _judge(ch: dict, champ: dict | None, champion_version: str | None, *, auroc_
                             f"v{champion_version}'s {_fmt(db)} (tolerance {dark_tolerance:g})")
         else:
             notes.append(f"darkest-quintile AUROC {_fmt(da)} vs {_fmt(db)} (tolerance {dark_tolerance:g})")
-    if validation_passed:
-        notes.append("validation passed")
+    notes.append("validation passed" if validation_passed else "validation not checked (no report given)")
     if failures:
         return False, "; ".join(failures)
     return True, "; ".join(notes)
+
+
+def describe_version(name: str, version: str | int, text: str, client=None) -> None:
+    """Set a version's description (its model card, shown on MLflow's version page)."""
+    client = _client(client)
+    try:
+        client.update_model_version(name, str(version), description=text)
+    except tracking_failures() as exc:
+        raise RegistryError(f"writing the description of model '{name}' version {version} failed: "
+                            f"{failure_cause(exc)}; rerunning is safe") from exc
 
 
 def _tag_value(v: Any) -> str:
@@ -478,7 +487,7 @@ def _complete_decision(client, name: str, mv) -> str | None:
 
 def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             auroc_tolerance: float = DEFAULT_AUROC_TOLERANCE, dark_tolerance: float = DEFAULT_DARK_TOLERANCE,
-            validation_passed: bool = True, min_auroc: float = DEFAULT_MIN_AUROC, force: bool = False,
+            validation_passed: bool | None = True, min_auroc: float = DEFAULT_MIN_AUROC, force: bool = False,
             reason: str | None = None) -> PromotionDecision:
     """Gate version ``version`` of ``name`` against the current champion on ``images`` /
     ``labels`` (bool, True = anomaly) and move ``champion`` to it when it passes.
@@ -486,7 +495,8 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
     ``client`` is an ``MlflowClient`` or None (the configured tracking URI). ``version`` may
     be a number or an alias (``"challenger"``). ``images``: uint8 N×H×W×C of any size (or a
     list of H×W×C arrays); each model resizes them as its training did. ``min_auroc`` is the
-    floor for a first champion. ``force=True`` promotes whatever the gate says and needs a
+    floor for a first champion. ``validation_passed`` None: no validation report was given
+    (recorded as "not checked", not judged). ``force=True`` promotes whatever the gate says and needs a
     non-empty ``reason``, recorded as a tag. The champion alias moves after the gate's
     figures are tagged and before ``gate.decision`` is; rerunning after a failure is safe.
     """
@@ -533,7 +543,8 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             "gate.decision": decision, "gate.reason": why, "gate.evaluated_at": now,
             "gate.images_sha256": fingerprint, "gate.n_images": ch.get("n_images"),
             "gate.n_anomalies": ch.get("n_anomalies"), "gate.auroc_tolerance": auroc_tolerance,
-            "gate.dark_tolerance": dark_tolerance, "gate.validation_passed": validation_passed,
+            "gate.dark_tolerance": dark_tolerance,
+            "gate.validation_passed": "not checked" if validation_passed is None else validation_passed,
             "gate.champion_version": champion_version, "gate.forced": force,
         }
         if champion is None:

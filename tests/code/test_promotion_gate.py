@@ -15,7 +15,7 @@ def _figures(auroc: float | None, darkest: float | None) -> dict:
     return {"auroc": auroc, "auroc_darkest": darkest}
 
 
-def judge(challenger: dict, champion: dict | None, *, validation_passed: bool = True,
+def judge(challenger: dict, champion: dict | None, *, validation_passed: bool | None = True,
           min_auroc: float = 0.5) -> tuple[bool, str]:
     return _judge(challenger, champion, None if champion is None else "3", auroc_tolerance=TOL,
                   dark_tolerance=DARK_TOL, validation_passed=validation_passed, min_auroc=min_auroc)
@@ -76,3 +76,11 @@ def test_the_first_champion_floor_and_failed_validation():
     assert not judge(_figures(31 / 64, None), None, min_auroc=32 / 64)[0]
     passes, reason = judge(_figures(60 / 64, 60 / 64), CHAMPION, validation_passed=False)
     assert not passes and reason == "data validation did not pass"
+
+
+def test_validation_not_checked_is_not_judged_and_says_so():
+    """No validation report (the CLI without --validation-report): neither a pass nor a refusal."""
+    passes, reason = judge(_figures(60 / 64, 60 / 64), CHAMPION, validation_passed=None)
+    assert passes and reason.endswith("validation not checked (no report given)")
+    passes, reason = judge(_figures(60 / 64, 60 / 64), CHAMPION, validation_passed=True)
+    assert passes and reason.endswith("validation passed")

@@ -225,6 +225,10 @@ def test_promote_command(sqlite_default, trained, surfaces, capsys):
     args.func(args)
     out = json.loads(capsys.readouterr().out)
     assert out["promoted"] and out["version"] == "1" and out["challenger_metrics"]["n_images"] == 72
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_model_version("danvae-cli", "1").tags  # no report given: not claimed as passed
+    assert tags["gate.validation_passed"] == "not checked" and "validation not checked" in tags["gate.reason"]
     # a refusal is not a success: exit code 3, and the last line names the rule that refused
     report = surfaces.test_dir.parent / "failed-validation.json"
     report.write_text(json.dumps({"success": False}))

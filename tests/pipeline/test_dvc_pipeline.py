@@ -42,6 +42,9 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     run = MlflowClient(tracking_uri=store, registry_uri=store).get_run(record["run_id"])
     commit = tiny_repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
     assert run.info.run_name == f"danvae-zx8-r0.1-{commit}", run.info.run_name
+    card = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version("danvae-surface", "1").description
+    assert f"manifest md5 `{record['data_version']}`" in card and f"test AUROC {metrics['auroc']:.3f}" in card
+    assert f"**Gate**: {decision['decision']}: " in card and "Known limits" in card
     [dataset] = run.inputs.dataset_inputs
     assert dataset.dataset.name == "manifest" and dataset.dataset.digest == run.data.tags["data_version"]
     assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
