@@ -25,6 +25,14 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert (tiny_repo.path / "data/manifest.parquet").exists()
     shown = tiny_repo.dvc("metrics", "show").stdout
     assert "auroc" in shown
+    # each plot drawn once (no stage-level duplicate with the default template), the PNG figures as images
+    plots = json.loads(tiny_repo.dvc("plots", "show", "--json").stdout)["data"]
+    drawn = {name: {r["type"] for r in renders} for name, renders in plots.items()}
+    assert {n for n, t in drawn.items() if t == {"vega"}} == {
+        "ROC", "Precision-recall", "AUROC per brightness quintile (0 = darkest)", "Score vs brightness (normal images)"}
+    images = {n for n, t in drawn.items() if t == {"image"}}
+    assert "reports/figures/roc.png" in images and "reports/figures/heatmaps.png" in images
+    assert set(drawn) == images | {n for n, t in drawn.items() if t == {"vega"}}
     assert metrics["auroc_low"] <= metrics["auroc"] <= metrics["auroc_high"]
 
     # what `make run` does after the repro: the gate, then the summary
