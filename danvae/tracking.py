@@ -154,6 +154,19 @@ def tracking_failures() -> tuple[type[BaseException], ...]:
 SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "signature", "credential")
 
 
+def portable_uri(uri: str, root: str | Path) -> str:
+    """A ``sqlite:///`` store inside ``root`` as a path relative to it (``sqlite:///mlflow.db``),
+    so a file committed with it names no machine's folders; any other URI unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = Path(uri[len(prefix):])
+        try:
+            return prefix + path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            return uri
+    return uri
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` fit for logs and files: a user and password in it, and query values that look
     like secrets (``token=…``, ``X-Amz-Signature=…``), become ``***``."""

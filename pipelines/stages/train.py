@@ -13,7 +13,7 @@ from danvae.data.masks import has_mask, load_masks
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.registry import MODEL_SHA256_TAG, register_version
-from danvae.tracking import TrainingRun, configure_tracking, git_commit
+from danvae.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
 from pipelines.stages.common import RUN_FILE, run_stage, write_json
 
 DATA = Path("data")
@@ -59,6 +59,7 @@ def main(params: Params) -> None:
                      has_mask=has_mask(train))
         info = run.log_model(detector, limits=params.serve.model_dump())
     record = {**run.summary(), "model_sha256": info.danvae_model_sha256}
+    record["tracking_uri"] = portable_uri(record["tracking_uri"], Path.cwd())  # run.json is committed
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.
     write_json(RUN_FILE, record)
     version = register_version(info.model_uri, params.tracking.registered_model, run_id=run.run_id,

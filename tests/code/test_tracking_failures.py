@@ -53,3 +53,13 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(tmp_path, monke
         assert client.get_run(run.run_id).info.status == "RUNNING"
     assert client.get_run(orphan).info.status == "KILLED"
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_store_inside_the_project_is_written_relative_to_it(tmp_path):
+    from danvae.tracking import portable_uri
+
+    assert portable_uri(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) == "sqlite:///mlflow.db"
+    assert portable_uri(f"sqlite:///{tmp_path / 'a' / 'b.db'}", tmp_path) == "sqlite:///a/b.db"
+    outside = f"sqlite:///{tmp_path.parent / 'other.db'}"
+    assert portable_uri(outside, tmp_path) == outside
+    assert portable_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"

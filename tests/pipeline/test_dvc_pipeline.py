@@ -47,6 +47,7 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
 
     store = f"sqlite:///{tiny_repo.path / 'mlflow.db'}"
     record = json.loads((tiny_repo.path / "models/run.json").read_text())
+    assert record["tracking_uri"] == "sqlite:///mlflow.db"  # run.json is committed: no machine's folders in it
     run = MlflowClient(tracking_uri=store, registry_uri=store).get_run(record["run_id"])
     commit = tiny_repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
     assert run.info.run_name == f"danvae-zx8-r0.1-{commit}", run.info.run_name
