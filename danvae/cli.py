@@ -40,9 +40,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from danvae.registry import load_detector
 
+    on_dask = args.workers > 1 or args.dask_address
+    if on_dask and not Path(args.model).is_dir():
+        raise CommandError("--workers/--dask-address need --model to be a run folder, which every worker loads")
     det = load_detector(args.model)
     packed = read_folder(args.data, det.image_size, det.channels, progress=not args.quiet)
-    table = det.score_table(packed.images, progress=not args.quiet)
+    if on_dask:
+        from danvae.dask_scoring import score_on_dask
+
+        table, _ = score_on_dask(args.model, packed.images, workers=args.workers, address=args.dask_address,
+                                 batch_size=det.score_config.batch_size)
+    else:
+        table = det.score_table(packed.images, progress=not args.quiet)
     out = pd.concat([packed.table[["path", "label"]], table], axis=1)
     ordered = ["path", "label", "brightness", "score", "is_anomaly"]
     out = out[ordered + [c for c in out.columns if c not in ordered]]
@@ -85,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--workers", type=int, default=1,
+                   help="more than 1: score on a Dask LocalCluster of that many processes (the same table)")
+    s.add_argument("--dask-address", default=None, help="score on the running Dask scheduler at this address")
     s.set_defaults(func=cmd_score)
 
     e = sub.add_parser("evaluate", parents=[common], formatter_class=defaults, help="metrics from a score CSV")

@@ -227,6 +227,18 @@ class ServeConfig(_Strict):
     max_batch: int = Field(256, ge=1, description="most images in one request")
 
 
+class DaskConfig(_Strict):
+    """Where the score stage scores (the result is the same table either way, so not a DVC param)."""
+
+    workers: int = Field(1, ge=1, le=256, description="1 = in the stage's own process; more = a Dask LocalCluster "
+                                                      "of that many one-thread worker processes")
+    address: str | None = Field(None, description="a running Dask scheduler (tcp://host:8786) to use instead")
+
+    @property
+    def enabled(self) -> bool:
+        return self.workers > 1 or self.address is not None
+
+
 class Params(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -237,6 +249,7 @@ class Params(_Strict):
     promote: PromoteConfig = PromoteConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     serve: ServeConfig = ServeConfig()
+    dask: DaskConfig = DaskConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
 

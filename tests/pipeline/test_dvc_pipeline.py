@@ -66,6 +66,17 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     third = tiny_repo.dvc("repro")
     assert ran(third.stdout) == {"train", "score", "evaluate"}
 
+    # the score stage on a Dask LocalCluster writes the very same table and heatmaps
+    before = (tiny_repo.path / "reports/scores.csv").read_bytes()
+    maps = np.load(tiny_repo.path / "reports/heatmaps.npz")["heatmaps"]
+    tiny_repo.set_params({"dask": {"workers": 2}})
+    assert ran(tiny_repo.dvc("repro").stdout) == set()  # where it scores is not a DVC param: nothing reruns
+    on_dask = tiny_repo.dvc("repro", "--force", "--single-item", "score")
+    assert "on Dask (2 local workers)" in on_dask.stdout
+    assert (tiny_repo.path / "reports/scores.csv").read_bytes() == before
+    assert np.array_equal(np.load(tiny_repo.path / "reports/heatmaps.npz")["heatmaps"], maps)
+    tiny_repo.set_params({"dask": {"workers": 1}})
+
     # a train stage that fails on what a rerun would repeat: one line, and the last good run's record kept
     if not torch.cuda.is_available():
         records = {n: (tiny_repo.path / "models" / n).read_text() for n in ("run.json", "train_metrics.json")}
