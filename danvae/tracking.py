@@ -426,10 +426,15 @@ class TrainingRun:
                     context: str = "training") -> None:
         """Record ``table`` (e.g. the manifest) as the run's dataset input: its name, where it
         lives, its digest (the data version) and schema, as MLflow's run page shows them."""
+        import warnings
+
         import mlflow.data
 
         self._require_run()
-        mlflow.log_input(mlflow.data.from_pandas(table, source=source, name=name, digest=digest), context=context)
+        with warnings.catch_warnings():  # MLflow's hints on how it reads a local path and integer columns
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
+        mlflow.log_input(dataset, context=context)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Log numeric metrics (flattened; None skipped)."""
