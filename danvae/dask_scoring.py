@@ -13,6 +13,7 @@ path (a shared filesystem), as a Prefect worker does.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,17 @@ def _local_cluster(workers: int, scratch: Path):
     from distributed import LocalCluster
 
     scratch.mkdir(parents=True, exist_ok=True)
-    # processes with one Dask thread each: the parallelism inside a task is torch's
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                        host="127.0.0.1", local_directory=str(scratch))
+    # Dask's nanny writes OMP_NUM_THREADS=1 (and more) into this process's environment before
+    # it spawns a worker, and leaves it there: every process started afterwards (a model
+    # server, a DVC stage) would then compute with one thread. Put the environment back.
+    saved = dict(os.environ)
+    try:
+        # processes with one Dask thread each: the parallelism inside a task is torch's
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            host="127.0.0.1", local_directory=str(scratch))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2, address: str | None = None,

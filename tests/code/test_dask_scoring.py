@@ -2,6 +2,9 @@
 on a LocalCluster of its own and on a running scheduler; the CLI's --workers likewise."""
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,8 +32,10 @@ def saved(tmp_path_factory):
 def test_two_local_workers_give_exactly_the_single_process_table(saved, tmp_path):
     root, images = saved
     want, want_maps = Detector.load(root / "model").score_table(images, heatmaps=True)
+    environ = dict(os.environ)
     got, maps = score_on_dask(root / "model", images, workers=2, heatmaps=True, batch_size=64,
                               scratch=tmp_path / "dask")
+    assert dict(os.environ) == environ  # Dask's OMP_NUM_THREADS=1 & co. must not outlive the cluster
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert np.array_equal(maps, want_maps)
     assert any((tmp_path / "dask").iterdir())  # the workers' scratch stayed where it was told
@@ -41,8 +46,9 @@ def test_a_running_scheduler_gives_the_same_table(saved, tmp_path):
 
     root, images = saved
     want = Detector.load(root / "model").score_table(images)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1",
-                      local_directory=str(tmp_path)) as cluster:
+    # patch.dict: the environment Dask's nanny changes while spawning comes back afterwards
+    with mock.patch.dict(os.environ), LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                                                    host="127.0.0.1", local_directory=str(tmp_path)) as cluster:
         got, maps = score_on_dask(root / "model", images, address=cluster.scheduler_address, batch_size=64)
     assert maps is None
     pd.testing.assert_frame_equal(got, want, check_exact=True)
