@@ -73,7 +73,8 @@ def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2
     cluster = None if address else _local_cluster(workers, Path(scratch))
     try:
         with Client(address or cluster) as client:
-            futures = client.map(_score_chunk, [model_dir] * len(chunks), [stamp] * len(chunks), chunks,
+            sent = client.scatter(chunks)  # the images travel as data, not inside the task graph
+            futures = client.map(_score_chunk, [model_dir] * len(chunks), [stamp] * len(chunks), sent,
                                  [heatmaps] * len(chunks), [threads] * len(chunks), pure=False)
             parts = client.gather(futures)
     finally:
