@@ -45,13 +45,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         raise CommandError("--workers/--dask-address need --model to be a run folder, which every worker loads")
     det = load_detector(args.model)
     packed = read_folder(args.data, det.image_size, det.channels, progress=not args.quiet)
-    if on_dask:
-        from danvae.dask_scoring import score_on_dask
+    from danvae.dask_scoring import score_anywhere
 
-        table, _ = score_on_dask(args.model, packed.images, workers=args.workers, address=args.dask_address,
-                                 batch_size=det.score_config.batch_size)
-    else:
-        table = det.score_table(packed.images, progress=not args.quiet)
+    table, _ = score_anywhere(det, args.model, packed.images, workers=args.workers, address=args.dask_address,
+                              progress=not args.quiet)
     out = pd.concat([packed.table[["path", "label"]], table], axis=1)
     ordered = ["path", "label", "brightness", "score", "is_anomaly"]
     out = out[ordered + [c for c in out.columns if c not in ordered]]

@@ -53,6 +53,18 @@ def _local_cluster(workers: int, scratch: Path):
         os.environ.update(saved)
 
 
+def score_anywhere(detector, model_dir: str | Path, images: np.ndarray, *, heatmaps: bool = False,
+                   workers: int = 1, address: str | None = None, progress: bool = False
+                   ) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``detector.score_table`` in this process (``workers`` 1, no ``address``), or the same
+    table from :func:`score_on_dask` on the detector saved in ``model_dir``."""
+    if workers > 1 or address:
+        return score_on_dask(model_dir, images, workers=workers, address=address, heatmaps=heatmaps,
+                             batch_size=detector.score_config.batch_size)
+    out = detector.score_table(images, heatmaps=heatmaps, progress=progress)
+    return out if heatmaps else (out, None)
+
+
 def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2, address: str | None = None,
                   heatmaps: bool = False, batch_size: int = 256, batches_per_chunk: int = 1,
                   scratch: str | Path = ".cache/dask", threads: int | None = None

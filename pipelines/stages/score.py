@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from danvae.config import DaskConfig, Params
-from danvae.dask_scoring import score_on_dask
+from danvae.config import Params
+from danvae.dask_scoring import score_anywhere
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
@@ -22,19 +21,6 @@ SCORES = Path("reports/scores.csv")
 HEATMAPS = Path("reports/heatmaps.npz")
 
 
-def _scorer(detector: Detector, dask: DaskConfig) -> Callable[..., tuple[pd.DataFrame, np.ndarray | None]]:
-    """``score(images, heatmaps)`` in this process, or fanned out on Dask (the same table)."""
-    if dask.enabled:
-        return functools.partial(score_on_dask, MODEL_DIR, workers=dask.workers, address=dask.address,
-                                 batch_size=detector.score_config.batch_size)
-
-    def here(images: np.ndarray, heatmaps: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
-        out = detector.score_table(images, heatmaps=heatmaps)
-        return out if heatmaps else (out, None)
-
-    return here
-
-
 def main(params: Params) -> None:
     manifest = load_manifest(DATA).sort_values("row").reset_index(drop=True)
     images = load_images(DATA)
@@ -44,7 +30,8 @@ def main(params: Params) -> None:
     meta["in_test_set"] = meta["id"].isin(test_ids)
     in_test = meta["in_test_set"].to_numpy()
     rows = manifest["row"].to_numpy()
-    score = _scorer(detector, params.dask)
+    score = functools.partial(score_anywhere, detector, MODEL_DIR, workers=params.dask.workers,
+                              address=params.dask.address)
     # heatmaps are kept for the test set only (the evaluate stage's pixel AUROC and figures)
     test_table, maps = score(images[rows[in_test]], heatmaps=True)
     parts = [test_table.set_index(np.flatnonzero(in_test))]
