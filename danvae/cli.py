@@ -4,6 +4,7 @@
     danvae train --data data/surfaces --model danvae --out runs/a
     danvae score --model runs/a --data data/surfaces --out scores.csv
     danvae predict --model runs/a --data new-images/ --out predictions/
+    danvae export --model runs/a --out model.onnx
     danvae evaluate --scores scores.csv --out metrics.json
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from danvae.cli_common import CommandError, DefaultsHelpFormatter, apply_output_options, output_options, read_folder
+from danvae.cli_export import add_export_parser
 from danvae.cli_predict import add_predict_parser
 from danvae.cli_promote import add_promote_parser
 from danvae.cli_train import add_train_parser
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
     add_predict_parser(sub, common)
     add_promote_parser(sub, common)
+    add_export_parser(sub, common)
     return p
 
 

@@ -223,17 +223,27 @@ def model_file_sha256(detector_dir: str | Path) -> str:
     return hashlib.sha256((Path(detector_dir) / DETECTOR_FILE).read_bytes()).hexdigest()
 
 
+def registered_version(uri: str, client=None):
+    """The registry entry (an MLflow ModelVersion) behind ``models:/name@alias`` or
+    ``models:/name/N``; None for any other kind of URI."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if not m:
+        return None
+    client = _client(client)
+    try:
+        return client.get_model_version_by_alias(m[1], m[2]) if m[2] else client.get_model_version(m[1], m[3])
+    except tracking_failures() as exc:
+        if _is_missing(exc):
+            raise ModelNotFoundError(f"no registered model at {uri}: {failure_cause(exc)}") from exc
+        raise RegistryError(f"could not read the registry entry of {uri}: {failure_cause(exc)}") from exc
+
+
 def _verify_registered_file(uri: str, detector_dir: Path) -> None:
     """For ``models:/name@alias`` and ``models:/name/N``: the fetched weights must hash to the
     version's :data:`MODEL_SHA256_TAG` (versions registered without one are not checked)."""
-    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
-    if not m:
+    mv = registered_version(uri)
+    if mv is None:
         return
-    client = _client(None)
-    try:
-        mv = client.get_model_version_by_alias(m[1], m[2]) if m[2] else client.get_model_version(m[1], m[3])
-    except tracking_failures() as exc:
-        raise RegistryError(f"could not read the registry entry of {uri}: {failure_cause(exc)}") from exc
     want = (mv.tags or {}).get(MODEL_SHA256_TAG)
     if want and model_file_sha256(detector_dir) != want:
         raise ModelIntegrityError(f"{uri} (version {mv.version}): the fetched model file does not match the "

@@ -71,9 +71,17 @@ def _blur(x: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(-1, 1, 2 * r + 1, 1), groups=x.shape[1])
 
 
+def lower_median(t: torch.Tensor) -> torch.Tensor:
+    """``t.median(dim=1, keepdim=True).values`` (the lower of the two middle values) through
+    ``topk``, which ONNX exports; ``aten.median`` has no ONNX counterpart."""
+    return t.topk((t.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1:]
+
+
 @torch.no_grad()
-def self_dissimilarity_map(x: torch.Tensor) -> torch.Tensor:
-    """B×C×H×W in [0, 1] → B×H×W: nearest-other-patch distance over the image's median."""
+def self_dissimilarity_map(x: torch.Tensor, whole_batch: bool = False) -> torch.Tensor:
+    """B×C×H×W in [0, 1] → B×H×W: nearest-other-patch distance over the image's median.
+    ``whole_batch``: every image and query in one step, with no loop over the batch (what a
+    graph with a variable batch size, such as an ONNX export, needs; memory grows with B)."""
     b, _, h, w = x.shape
     xb = _blur(normalise_brightness(x.float()))
     queries = F.unfold(xb, PATCH, stride=STRIDE).transpose(1, 2)  # B×L×D
@@ -88,6 +96,10 @@ def self_dissimilarity_map(x: torch.Tensor) -> torch.Tensor:
     refs = refs - refs.mean(dim=2, keepdim=True)
     r_pos = r_pos.float()
     n = q_pos.shape[0]
+    if whole_batch:
+        overlap = torch.cdist(q_pos, r_pos)[None] < EXCLUDE
+        dist = torch.cdist(queries, refs).masked_fill(overlap, float("inf")).min(dim=2).values
+        return _to_pixels(dist, b, h, w)
     images = min(b, IMAGES_AT_ONCE)
     chunk = max(1, CHUNK_ELEMENTS // (images * len(ref)))
     spans = [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
@@ -97,9 +109,14 @@ def self_dissimilarity_map(x: torch.Tensor) -> torch.Tensor:
         nearest = [torch.cdist(queries[i:i + images, q], refs[i:i + images]).masked_fill(overlap, float("inf"))
                    .min(dim=2).values for q, overlap in zip(spans, overlaps)]
         rows_out.append(torch.cat(nearest, dim=1))
-    dist = torch.cat(rows_out)
+    return _to_pixels(torch.cat(rows_out), b, h, w)
+
+
+def _to_pixels(dist: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """B×L nearest distances on the query grid → the B×H×W map of their ratio to the image median."""
+    gh, gw = _patch_grid(h), _patch_grid(w)
     dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))
-    ratio = dist / dist.median(dim=1, keepdim=True).values.clamp(min=EPS)
+    ratio = dist / lower_median(dist).clamp(min=EPS)
     grid = ratio.view(b, 1, gh, gw)
     # each patch's value on the STRIDE×STRIDE pixels at its centre, the rim padded evenly
     inner = F.interpolate(grid, scale_factor=float(STRIDE), mode="bilinear", align_corners=False)

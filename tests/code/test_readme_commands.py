@@ -35,7 +35,7 @@ def test_the_danvae_block_runs_as_written(tmp_path):
     commands = readme_block("## The `danvae` command")
     assert [shlex.split(c)[:2] for c in commands] == [
         ["danvae", "generate"], ["danvae", "train"], ["danvae", "train"], ["danvae", "train"],
-        ["danvae", "score"], ["danvae", "predict"], ["danvae", "evaluate"]], commands
+        ["danvae", "score"], ["danvae", "predict"], ["danvae", "export"], ["danvae", "evaluate"]], commands
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands:
         argv = shlex.split(command)
@@ -45,4 +45,4 @@ def test_the_danvae_block_runs_as_written(tmp_path):
         assert "Traceback" not in done.stderr, command
     assert len(pd.read_csv(tmp_path / "scores.csv")) == 72
     assert (tmp_path / "predictions" / "predictions.csv").exists() and (tmp_path / "metrics.json").exists()
-    assert (tmp_path / "runs" / "a" / "run_config.json").exists()
+    assert (tmp_path / "runs" / "a" / "run_config.json").exists() and (tmp_path / "model.onnx").stat().st_size > 0

@@ -297,3 +297,26 @@ def test_a_model_file_changed_after_registration_is_not_loaded(sqlite_default, t
     for uri in (f"models:/{name}@challenger", f"models:/{name}/{mv.version}"):
         with pytest.raises(ModelIntegrityError, match="SHA-256"):
             load_detector(uri)
+
+
+def test_export_logs_the_onnx_file_to_the_registered_version(sqlite_default, trained, surfaces, tmp_path):
+    from mlflow import MlflowClient
+
+    from danvae.cli import main
+    from danvae.cli_export import ONNX_TAG
+    from danvae.onnx_export import OnnxDetector
+
+    uri = f"models:/{MODEL_NAME}/{trained.version}"
+    out = tmp_path / "champion.onnx"
+    assert main(["export", "--model", uri, "--out", str(out), "--data", str(surfaces.test_dir), "--log-to-mlflow"]) == 0
+    client = MlflowClient()
+    where = client.get_model_version(MODEL_NAME, trained.version).tags[ONNX_TAG]
+    assert where == f"runs:/{trained.run_id}/onnx/champion.onnx"
+    assert [a.path for a in client.list_artifacts(trained.run_id, "onnx")] == ["onnx/champion.onnx"]
+    import mlflow
+
+    fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(tmp_path / "fetched")))
+    ours, ref = (d.decision_function(surfaces.test_images) for d in (OnnxDetector(fetched), trained.detector))
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()  # relative to the scores' scale, as parity()
+    assert main(["export", "--model", f"models:/{MODEL_NAME}/99", "--out", str(tmp_path / "x.onnx"),
+                 "--log-to-mlflow"]) == 2
