@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,8 +142,9 @@ def _markdown_value(value) -> str:
 
 
 def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], figures: dict[str, Path],
-                 notes: Sequence[str]) -> Path:
-    """``report.md``: the headline numbers, per-quintile and per-score tables, the figures."""
+                 notes: Sequence[str], data_docs: str | Path | None = None) -> Path:
+    """``report.md``: the headline numbers, per-quintile and per-score tables, the figures, and a
+    link to the Data Docs page of the data's validation (``data_docs``) when there is one."""
     cfg = detector.model_config
     lines = [
         f"# Evaluation: {cfg.name} (z_x {cfg.zx_dim}" + (f", z_y {cfg.zy_dim}" if cfg.name == "danvae" else "") + ")",
@@ -188,6 +190,11 @@ def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], fig
         if name in figures:
             rel = figures[name].relative_to(path.parent).as_posix()
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
+    if data_docs is not None:
+        rel = Path(os.path.relpath(Path(data_docs).resolve(), path.parent.resolve())).as_posix()
+        lines += ["## Data validation", "",
+                  f"The Great Expectations suite's result on this data, every expectation with what it "
+                  f"observed: [Data Docs]({rel}).", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(lines))
@@ -197,7 +204,8 @@ def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], fig
 def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
                  train_images: np.ndarray | None = None, train_brightness: np.ndarray | Sequence[float] | None = None,
                  masks: np.ndarray | Sequence[np.ndarray | None] | None = None, out_dir: str | Path,
-                 heatmaps: np.ndarray | None = None, traversal_steps: int = 7) -> dict:
+                 heatmaps: np.ndarray | None = None, traversal_steps: int = 7,
+                 data_docs: str | Path | None = None) -> dict:
     """Metrics, plot data, figures and ``report.md`` for ``detector`` on the test images.
 
     ``test_table`` rows align with ``test_images`` and hold at least ``label``
@@ -208,7 +216,8 @@ def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
     them, cross-validation on the test images. ``masks`` (N×H×W any size, or a list with
     ``None`` for images without one) give the pixel AUROC. ``heatmaps`` (N×H×W at the model's
     image size, as ``detector.heatmaps`` returns) with a table that holds every score column
-    spare the detector a second pass over the test images.
+    spare the detector a second pass over the test images. ``data_docs``: the Data Docs page
+    of the data's validation, linked from the report.
 
     Returns ``{"metrics": dict, "files": [paths written], "notes": [str]}``.
     """
@@ -289,5 +298,5 @@ def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
     files += list(figures.values())
 
     quintiles = plots["auroc_by_brightness"]
-    files.append(write_report(out / "report.md", detector, metrics, quintiles, figures, notes))
+    files.append(write_report(out / "report.md", detector, metrics, quintiles, figures, notes, data_docs))
     return {"metrics": metrics, "files": [str(f) for f in files], "notes": notes}

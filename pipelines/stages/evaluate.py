@@ -1,6 +1,7 @@
 """Stage evaluate: test-set scores and heatmaps → reports/metrics.json, plot data, figures and report.md."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipelines.stages.common import format_figure, read_run, run_stage
 DATA = Path("data")
 SCORES = Path("reports/scores.csv")
 HEATMAPS = Path("reports/heatmaps.npz")
+VALIDATION = Path("reports/validation.json")
 OUT = Path("reports")
 
 
@@ -37,16 +39,21 @@ def main(params: Params) -> None:
     with np.load(HEATMAPS) as stored:
         position = {i: k for k, i in enumerate(stored["ids"])}
         heatmaps = stored["heatmaps"][[position[i] for i in test_ids]]
+    docs = json.loads(VALIDATION.read_text()).get("data_docs") if VALIDATION.exists() else None
+    docs = Path(docs) if docs and Path(docs).is_file() else None
     train = training_rows(manifest, params.data.train_anomaly_ratio)
     train = train[train["label"] == "normal"]
     result = evaluate_run(Detector.load("models/detector"), images[test["row"].to_numpy()], table,
                           train_images=images[train["row"].to_numpy()],
                           train_brightness=train["brightness"].to_numpy(),
                           masks=stored_masks(test) if (test["mask_path"] != "").any() else None,
-                          heatmaps=heatmaps, out_dir=OUT)
+                          heatmaps=heatmaps, out_dir=OUT, data_docs=docs)
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
-    log_to_run(read_run()["run_id"], result["metrics"], [Path(f) for f in result["files"]], prefix="test",
+    run_id = read_run()["run_id"]
+    log_to_run(run_id, result["metrics"], [Path(f) for f in result["files"]], prefix="test",
                artifact_path="evaluation")
+    if docs is not None:
+        log_to_run(run_id, artifacts=[docs], artifact_path="data_docs")
     m = result["metrics"]
     shown = [("AUROC", "auroc"), ("darkest-quintile AUROC", "auroc_darkest"),
              ("brightness ρ (normals)", "brightness_spearman_normal"), ("R²(z_y)", "r2_zy"), ("R²(z_x)", "r2_zx")]

@@ -58,6 +58,22 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert dataset.dataset.name == "manifest" and dataset.dataset.digest == run.data.tags["data_version"]
     assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
 
+    # the validation as Great Expectations Data Docs: a page naming every expectation, linked and logged
+    validation = json.loads((tiny_repo.path / "reports/validation.json").read_text())
+    page = tiny_repo.path / validation["data_docs"]
+    assert validation["data_docs"].startswith("gx/uncommitted/data_docs/local_site/validations/") and page.is_file()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.read_text()))
+    n_expectations = len(validation["gx_result"]["results"])
+    assert n_expectations >= 20 and f"Evaluated Expectations {n_expectations}" in text
+    for result in validation["gx_result"]["results"]:
+        column = result["expectation_config"]["kwargs"].get("column")
+        assert column is None or column in text, column
+    assert (tiny_repo.path / "gx/uncommitted/data_docs/local_site/index.html").is_file()
+    assert "](../gx/uncommitted/data_docs/local_site/validations/" in (tiny_repo.path / "reports/report.md").read_text()
+    logged = MlflowClient(tracking_uri=store, registry_uri=store).list_artifacts(record["run_id"], "data_docs")
+    assert [a.path for a in logged] == [f"data_docs/{page.name}"]
+    assert "gx/" not in tiny_repo.run("git", "status", "--porcelain").stdout  # the GX context is git-ignored
+
     again = tiny_repo.dvc("repro")
     assert ran(again.stdout) == set()
     assert "up to date" in again.stdout.lower()
