@@ -293,11 +293,14 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return sha if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
 
 
-def git_dirty(cwd: str | Path | None = None) -> bool | None:
-    """True when tracked files differ from HEAD (None when git cannot tell)."""
+def git_dirty(cwd: str | Path | None = None, ignore: Iterable[str] = ()) -> bool | None:
+    """True when tracked files differ from HEAD (None when git cannot tell). ``ignore``: paths
+    (files or folders, relative to the repository root) whose changes do not count, such as
+    what a pipeline writes before its train stage runs."""
+    excluded = [f":(top,exclude){p}" for p in ignore]
     try:
-        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or project_root(),
-                              capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded],
+                              cwd=cwd or project_root(), capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(done.stdout.strip()) if done.returncode == 0 else None
@@ -344,7 +347,7 @@ class TrainingRun:
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, *, run_name: str | None = None,
                  params: Mapping[str, Any] | None = None, data_version: str | None = None,
                  tags: Mapping[str, str] | None = None, tracking_uri: str | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, generated: Iterable[str] = ()):
         self.experiment = experiment
         self.run_name = run_name
         self.params = dict(params or {})
@@ -352,6 +355,7 @@ class TrainingRun:
         self.tags = dict(tags or {})
         self.tracking_uri = tracking_uri
         self.resume_run_id = run_id
+        self.generated = tuple(generated)  # files the pipeline writes: their changes do not make the code dirty
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.model_info = None
@@ -367,7 +371,7 @@ class TrainingRun:
         commit = git_commit()
         if commit:
             tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
-        dirty = git_dirty()
+        dirty = git_dirty(ignore=self.generated)
         if dirty is not None:
             tags["git_dirty"] = str(dirty).lower()
         from danvae import __version__

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from danvae.config import Params, ParamsError, load_params
 from danvae.data.folders import DataError
 from danvae.images import ImageError
@@ -52,3 +54,16 @@ def write_json(path: str | Path, obj: object) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def pipeline_outputs(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
+    """Every path a stage of ``dvc_file`` writes (outs, metrics, plots), and DVC's lock file:
+    what ``dvc repro`` itself changes in the checkout."""
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    paths = ["dvc.lock"]
+    for stage in stages.values():
+        for section in ("outs", "metrics", "plots"):
+            for entry in stage.get(section) or []:
+                paths.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return paths
+

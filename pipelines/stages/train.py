@@ -14,7 +14,7 @@ from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.registry import MODEL_SHA256_TAG, register_version
 from danvae.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
-from pipelines.stages.common import RUN_FILE, run_stage, write_json
+from pipelines.stages.common import RUN_FILE, pipeline_outputs, run_stage, write_json
 
 DATA = Path("data")
 MODEL_DIR = Path("models/detector")
@@ -50,7 +50,7 @@ def main(params: Params) -> None:
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
     data_version = hashlib.md5((DATA / "manifest.parquet").read_bytes()).hexdigest()  # = DVC's hash of it
     with TrainingRun(params.tracking.experiment, run_name=run_name(params), params=params.model_dump(by_alias=True),
-                     data_version=data_version) as run:
+                     data_version=data_version, generated=pipeline_outputs()) as run:
         run.log_dataset(manifest, "manifest", source=str((DATA / "manifest.parquet").resolve()), digest=data_version)
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
                      val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),

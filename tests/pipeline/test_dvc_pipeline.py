@@ -51,6 +51,9 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     run = MlflowClient(tracking_uri=store, registry_uri=store).get_run(record["run_id"])
     commit = tiny_repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
     assert run.info.run_name == f"danvae-zx8-r0.1-{commit}", run.info.run_name
+    # what the pipeline itself wrote before training (quarantine.csv, validation.json, ...) is not uncommitted code
+    assert tiny_repo.run("git", "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    assert run.data.tags["git_dirty"] == "false"
     card = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version("danvae-surface", "1").description
     assert f"manifest md5 `{record['data_version']}`" in card and f"test AUROC {metrics['auroc']:.3f}" in card
     assert f"**Gate**: {decision['decision']}: " in card and "Known limits" in card
@@ -81,6 +84,9 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     tiny_repo.set_params({"train": {"epochs": 3}})
     third = tiny_repo.dvc("repro")
     assert ran(third.stdout) == {"train", "score", "evaluate"}
+    rerun = json.loads((tiny_repo.path / "models/run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    assert client.get_run(rerun).data.tags["git_dirty"] == "true"  # params.yaml changed and not committed
 
     # the score stage on a Dask LocalCluster writes the very same table and heatmaps
     before = (tiny_repo.path / "reports/scores.csv").read_bytes()
