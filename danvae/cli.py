@@ -117,6 +117,7 @@ def _one_line(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: what a relaunch (danvae train --nproc) repeats
     apply_output_options(args)
     try:
         return args.func(args) or 0

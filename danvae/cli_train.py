@@ -99,25 +99,53 @@ def start_run_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> No
     (out / RUN_CONFIG).write_text(json.dumps(settings, indent=2))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def worker_argv(argv: list[str]) -> list[str]:
+    """The command each torchrun process runs: this one without --nproc and --overwrite (the
+    launcher has prepared the folder), continuing the run it set up (--resume)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not (a.startswith("--nproc=") or a in ("--overwrite", "--resume")):
+            out.append(a)
+    return [*out, "--resume"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from danvae.detector import Detector
+    from danvae.distributed import launch, requested_world
 
     settings = run_settings(args)
     out = Path(args.out)
+    world = requested_world()
     check_run_folder(out, settings, args.resume, args.overwrite)
-    data = read_folder(args.data, args.image_size, args.channels, masks=True, progress=not args.quiet)
+    data = read_folder(args.data, args.image_size, args.channels, masks=True,
+                       progress=not args.quiet and world.is_main)
     if not (data.table["label"] == "normal").any():
         raise CommandError(f"no normal images under {args.data}: put them in {Path(args.data) / 'normal'}/")
-    start_run_folder(out, settings, args.overwrite)
+    if world.is_main:
+        start_run_folder(out, settings, args.overwrite)
+    if args.nproc > 1 and world.size == 1:
+        code = launch(worker_argv(args.argv), args.nproc)
+        if code != 0:
+            raise CommandError(f"distributed training ({args.nproc} processes) failed with exit code {code}; "
+                               f"rerun the same command with --resume to continue from the last checkpoint")
+        return 0
     det = Detector(ModelConfig(**settings["model"]), image_size=args.image_size, channels=args.channels,
                    train=TrainConfig(**settings["train"]), score=ScoreConfig(**settings["score"]))
     det.fit(data.images, data.is_anomaly, run_dir=out, masks=data.masks, has_mask=data.has_mask,
             progress=False if args.quiet else None)
+    if not world.is_main:
+        return 0
     n_masks = 0 if data.has_mask is None else int((data.has_mask & data.is_anomaly).sum())
     resumed = f", resumed from epoch {det.resumed_from_epoch + 1}" if det.resumed_from_epoch else ""
-    print(f"trained {args.model} on {len(data.images)} images ({n_masks} defect masks){resumed} → {out} "
+    processes = f" in {world.size} processes" if world.size > 1 else ""
+    print(f"trained {args.model} on {len(data.images)} images ({n_masks} defect masks){resumed}{processes} → {out} "
           f"(score {det.score_kind}, threshold {det.threshold:.4g} by {det.threshold_method})",
           file=sys.stderr if args.quiet else sys.stdout)
+    return 0
 
 
 def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -154,5 +182,8 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.Ar
                    help="share of images whose brightness label the model sees")
     t.add_argument("--device", default=train.device, choices=["auto", "cpu", "cuda"])
     t.add_argument("--seed", type=int, default=train.seed)
+    t.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this host (torch DDP under torchrun: gloo on CPU, nccl on CUDA, "
+                        "one GPU each); the global batch stays --batch-size")
     t.set_defaults(func=cmd_train)
     return t

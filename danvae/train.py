@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from danvae.augment import DefectBank, relight, synthesize_defects
 from danvae.config import TrainConfig
+from danvae.distributed import barrier, join, sum_over_ranks
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.scores import image_brightness
@@ -161,8 +163,13 @@ class Trainer:
                  progress: bool | None = None,
                  on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None):
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.world, self.device = join(pick_device(cfg.device))  # rank 0 of 1 unless torchrun started several
         self.model = model.to(self.device)
+        # several processes: DDP averages the gradients; a frozen decoder (anomaly batches) and the
+        # parts a batch does not reach leave parameters without gradient, hence find_unused_parameters
+        self._ddp = (DistributedDataParallel(self.model, find_unused_parameters=True,
+                                             device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                     if self.world.size > 1 else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
@@ -263,7 +270,7 @@ class Trainer:
 
     def _step(self, batch: Batch, weights: LossWeights, epoch: int) -> torch.Tensor:
         with self._autocast():
-            terms = self.model.loss(batch, weights)
+            terms = self._ddp(batch, weights) if self._ddp is not None else self.model.loss(batch, weights)
         total = terms["total"]
         if not torch.isfinite(total):
             raise TrainingDiverged(
@@ -281,8 +288,12 @@ class Trainer:
     def run_epoch(self, data: TrainingData, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         seed = _epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        world = self.world
+        # one process: one stream for the order and the augmentations (as always). Several: the
+        # same order on every rank, and each rank's own sampling and augmentation draws.
+        torch.manual_seed(seed + world.rank)
+        gen = torch.Generator().manual_seed(seed + 7919 * world.rank)
+        order_gen = gen if world.size == 1 else torch.Generator().manual_seed(seed)
         weights = loss_weights(cfg, epoch, data.images.shape[1], data.images.shape[-1])
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, epoch)
@@ -299,20 +310,30 @@ class Trainer:
             with frozen(self.model.decoder):
                 for _ in range(cfg.anomaly_repeats):
                     for group, around in ((anomalies[masked], True), (anomalies[~masked], False)):
-                        order = group[torch.randperm(len(group), generator=gen)]
-                        for idx in _batches(order, cfg.batch_size):
+                        order = group[torch.randperm(len(group), generator=order_gen)]
+                        for idx in self._local_batches(order):
                             batch = self._batch(data, idx)
                             batch = self._crop_around_defects(batch, gen) if around else batch
                             self._step(self._relight(batch, gen, cfg.lighting.anomaly_share), weights, epoch)
-        order = normals[torch.randperm(len(normals), generator=gen)]
-        for idx in _batches(order, cfg.batch_size):
+        order = normals[torch.randperm(len(normals), generator=order_gen)]
+        for idx in self._local_batches(order):
             batch = self._batch(data, idx)
             if augment:
                 batch = self._augment_normals(batch, gen)
             sums += self._step(batch, weights, epoch)
             seen += len(idx)
+        sums = sum_over_ranks(sums, world)
+        seen = int(sum_over_ranks(torch.tensor([float(seen)], device=self.device), world).item())
         values = (sums / max(seen, 1)).tolist()
         return {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, values)), "beta_x": weights.beta_x, "beta_y": weights.beta_y}
+
+    def _local_batches(self, order: torch.Tensor) -> list[torch.Tensor]:
+        """The epoch's global batches, each cut to this rank's share. Several ranks: a last batch
+        too small to give every rank an image is dropped (every rank must take the same steps)."""
+        batches = _batches(order, self.cfg.batch_size)
+        if self.world.size == 1:
+            return batches
+        return [self.world.share(b) for b in batches if len(b) >= self.world.size]
 
     def _defect_bank(self, data: TrainingData) -> DefectBank | None:
         if self.model.head is None or data.has_mask is None or self.cfg.synthetic.transplant == 0:
@@ -327,10 +348,14 @@ class Trainer:
         self._bank = self._defect_bank(data)
         if resume:
             self.load_checkpoint()
+        main = self.world.is_main
         bar = tqdm(range(self.start_epoch, self.cfg.epochs), initial=self.start_epoch, total=self.cfg.epochs,
-                   desc=f"training {self.model.name}", disable=self.progress is False, unit="epoch")
+                   desc=f"training {self.model.name}", disable=self.progress is False or not main, unit="epoch")
         for epoch in bar:
             record = self.run_epoch(data, epoch)
+            if not main:  # validation, the kept best epoch and the files are rank 0's
+                self.history.append(record)
+                continue
             with self._averaged_weights():
                 if self.on_epoch_end is not None:
                     record.update(self.on_epoch_end(epoch, record) or {})
@@ -338,8 +363,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['total']:.1f}")
                 self._keep_if_best(epoch, record)
             self.save_checkpoint(epoch)
-        if not self._restore_best() and self._ema is not None:
+        if main and not self._restore_best() and self._ema is not None:
             self.model.load_state_dict(self._ema.module.state_dict())
+        barrier(self.world)
         return self.history
 
     @contextlib.contextmanager

@@ -62,6 +62,10 @@ class AnomalyVAE(nn.Module):
     def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
+        """The training loss terms (what DistributedDataParallel calls, so it can average gradients)."""
+        return self.loss(batch, weights)
+
     def anomaly_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of the anomaly-relevant latent (z_x, or the whole latent)."""
         raise NotImplementedError
