@@ -120,7 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = run_settings(args)
     out = Path(args.out)
     world = requested_world()
-    check_run_folder(out, settings, args.resume, args.overwrite)
+    if world.is_main:  # under torchrun the other ranks wait for rank 0 as they join its process group
+        check_run_folder(out, settings, args.resume, args.overwrite)
     data = read_folder(args.data, args.image_size, args.channels, masks=True,
                        progress=not args.quiet and world.is_main)
     if not (data.table["label"] == "normal").any():
@@ -128,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world.is_main:
         start_run_folder(out, settings, args.overwrite)
     if args.nproc > 1 and world.size == 1:
-        code = launch(worker_argv(args.argv), args.nproc)
+        code = launch("danvae.cli", worker_argv(args.argv), args.nproc)
         if code != 0:
             raise CommandError(f"distributed training ({args.nproc} processes) failed with exit code {code}; "
                                f"rerun the same command with --resume to continue from the last checkpoint")

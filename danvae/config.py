@@ -109,6 +109,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+    nproc: int = Field(1, ge=1, description="training processes on this host (torch DDP under torchrun: gloo on "
+                                            "CPU, nccl on CUDA, one GPU each); the global batch stays batch_size")
 
     @model_validator(mode="after")
     def _crop_is_a_power_of_two(self) -> "TrainConfig":

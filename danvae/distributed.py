@@ -73,10 +73,10 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Run ``danvae <argv>`` as ``nproc`` processes on this host under torchrun; its exit code."""
+def launch(module: str, argv: list[str], nproc: int) -> int:
+    """Run ``python -m <module> <argv>`` as ``nproc`` processes on this host under torchrun; its exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "danvae.cli", *argv]
+           "-m", module, *argv]
     # one thread per process unless told otherwise; DDP's note on parameters a step leaves unused
     # (the decoder frozen on anomaly batches, by design) is not the user's concern
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from danvae.config import Params
@@ -12,6 +13,7 @@ from danvae.data.ingest import load_images, load_manifest
 from danvae.data.masks import has_mask, load_masks
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
+from danvae.distributed import launch, requested_world
 from danvae.registry import MODEL_SHA256_TAG, register_version
 from danvae.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
 from pipelines.stages.common import RUN_FILE, pipeline_outputs, run_stage, write_json
@@ -37,6 +39,14 @@ def run_name(params: Params) -> str:
 
 
 def main(params: Params) -> None:
+    world = requested_world()
+    if params.train.nproc > 1 and world.size == 1:
+        code = launch("pipelines.stages.train", [], params.train.nproc)
+        if code != 0:
+            print(f"train: error: distributed training ({params.train.nproc} processes) failed with exit code "
+                  f"{code}; run the stage again to resume from the last checkpoint", file=sys.stderr)
+            sys.exit(1)
+        return
     manifest = load_manifest(DATA)
     images = load_images(DATA)
     train = training_rows(manifest, params.data.train_anomaly_ratio)
@@ -47,16 +57,19 @@ def main(params: Params) -> None:
         raise DataError("no labelled images in the validation split to calibrate the threshold on")
     detector = Detector(params.model, image_size=params.data.image_size, channels=params.data.channels,
                         train=params.train, score=params.score)
+    fit = dict(val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
+               run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
+               masks=load_masks(DATA, train, params.data.image_size), has_mask=has_mask(train))
+    if not world.is_main:  # another DDP rank: it trains in step with rank 0, which tracks, saves and registers
+        detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(), progress=False, **fit)
+        return
     configure_tracking(root=Path.cwd())  # the DVC stage runs in the project it belongs to
     data_version = hashlib.md5((DATA / "manifest.parquet").read_bytes()).hexdigest()  # = DVC's hash of it
     with TrainingRun(params.tracking.experiment, run_name=run_name(params), params=params.model_dump(by_alias=True),
                      data_version=data_version, generated=pipeline_outputs()) as run:
         run.log_dataset(manifest, "manifest", source=str((DATA / "manifest.parquet").resolve()), digest=data_version)
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
-                     val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
-                     run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
-                     on_epoch_end=run.on_epoch_end, masks=load_masks(DATA, train, params.data.image_size),
-                     has_mask=has_mask(train))
+                     on_epoch_end=run.on_epoch_end, **fit)
         info = run.log_model(detector, limits=params.serve.model_dump())
     record = {**run.summary(), "model_sha256": info.danvae_model_sha256}
     record["tracking_uri"] = portable_uri(record["tracking_uri"], Path.cwd())  # run.json is committed
@@ -77,7 +90,8 @@ def main(params: Params) -> None:
         "val_auroc_high": (detector.val_auroc_interval or (None, None))[1],
     })
     resumed = f", resumed from epoch {detector.resumed_from_epoch + 1}" if detector.resumed_from_epoch else ""
-    print(f"train: {params.model.name} on {len(train)} images{resumed}; score {detector.score_kind} ({detector.kind_choice}), "
+    processes = f" in {world.size} processes" if world.size > 1 else ""
+    print(f"train: {params.model.name} on {len(train)} images{resumed}{processes}; score {detector.score_kind} ({detector.kind_choice}), "
           f"threshold {detector.threshold:.4g} ({detector.threshold_method}); MLflow run {run.run_id}, "
           f"registered {params.tracking.registered_model} v{version.version} as {params.tracking.alias}")
 

@@ -161,3 +161,18 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_and_a_params_change_restar
     tiny_repo.set_params({"train": {"lr": 0.0005}})
     restarted = tiny_repo.dvc("repro")
     assert "train" in ran(restarted.stdout) and "resumed from epoch" not in restarted.stdout + restarted.stderr
+
+
+def test_the_train_stage_runs_as_two_ddp_processes(tiny_repo):
+    tiny_repo.set_params({"train": {"nproc": 2}})
+    done = tiny_repo.dvc("repro")
+    assert ran(done.stdout) == set(STAGES)
+    assert "in 2 processes" in done.stdout
+    record = json.loads((tiny_repo.path / "models/run.json").read_text())
+    assert record["registered_version"] == "1"  # rank 0 alone tracked and registered: one run, one version
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tiny_repo.path / 'mlflow.db'}"
+    runs = MlflowClient(tracking_uri=store).search_runs([record["experiment_id"]])
+    assert len(runs) == 1 and runs[0].data.params["train.nproc"] == "2"
+    assert 0.0 <= json.loads((tiny_repo.path / "reports/metrics.json").read_text())["auroc"] <= 1.0
