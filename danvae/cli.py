@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from danvae.cli_common import CommandError, DefaultsHelpFormatter, apply_output_options, output_options, read_folder
+from danvae.cli_common import (CommandError, DefaultsHelpFormatter, add_model_argument, apply_output_options,
+                               output_options, read_folder)
 from danvae.cli_export import add_export_parser
 from danvae.cli_predict import add_predict_parser
 from danvae.cli_promote import add_promote_parser
@@ -89,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub, common)
 
     s = sub.add_parser("score", parents=[common], formatter_class=defaults, help="score every image in a folder")
-    s.add_argument("--model", required=True,
-                   help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
+    add_model_argument(s)
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--workers", type=int, default=1,

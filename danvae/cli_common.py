@@ -57,3 +57,10 @@ def output_options() -> argparse.ArgumentParser:
 def apply_output_options(args: argparse.Namespace) -> None:
     logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "WARNING")), stream=sys.stderr,
                         format="danvae: %(levelname)s %(name)s: %(message)s")
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model``: what every command that uses a trained detector reads it from."""
+    parser.add_argument("--model", required=True,
+                        help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
+

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from danvae.cli_common import DefaultsHelpFormatter, read_folder
+from danvae.cli_common import DefaultsHelpFormatter, add_model_argument, read_folder
 
 SHEET_TILES = 64
 
@@ -74,8 +74,7 @@ def add_predict_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.
     p = subparsers.add_parser("predict", parents=[parent], formatter_class=DefaultsHelpFormatter,
                               help="decisions, normalised scores and heatmap overlays for a folder",
                               description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True,
-                   help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
+    add_model_argument(p)
     p.add_argument("--data", required=True, help="the image folder (any layout; normal/ and anomaly/ give labels)")
     p.add_argument("--out", required=True, help="the folder for predictions.csv, overlays/ and the contact sheet")
     p.add_argument("--all", action="store_true", help="an overlay for every image, not only the flagged ones")
