@@ -52,9 +52,9 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     table, _ = score_anywhere(det, args.model, packed.images, workers=args.workers, address=args.dask_address,
                               progress=not args.quiet)
-    out = pd.concat([packed.table[["path", "label"]], table], axis=1)
-    ordered = ["path", "label", "brightness", "score", "is_anomaly"]
-    out = out[ordered + [c for c in out.columns if c not in ordered]]
+    from danvae.scoring import per_file
+
+    out = per_file(packed.table, table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out, index=False)
     print(f"scored {len(out)} images → {args.out} ({int(out['is_anomaly'].sum())} flagged)")

@@ -12,6 +12,7 @@ path (a shared filesystem), as a Prefect worker does.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -27,30 +28,52 @@ def _detector(model_dir: str, stamp: float):  # stamp: a changed model file is l
     return Detector.load(model_dir)
 
 
-def _score_chunk(model_dir: str, stamp: float, images: np.ndarray, heatmaps: bool, threads: int
-                 ) -> tuple[pd.DataFrame, np.ndarray | None]:
+def score_chunk(model_dir: str, images: np.ndarray, heatmaps: bool, threads: int
+                ) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """One chunk scored by the detector saved in ``model_dir`` (loaded once per process, and
+    again when its file changes) with ``threads`` torch threads: what a worker runs."""
     import torch
 
     torch.set_num_threads(threads)
+    stamp = (Path(model_dir) / "detector.pt").stat().st_mtime
     out = _detector(model_dir, stamp).score_table(images, heatmaps=heatmaps)
     return out if heatmaps else (out, None)
+
+
+def chunks_of(images: np.ndarray, batch_size: int, batches_per_chunk: int = 1) -> list[np.ndarray]:
+    """``images`` cut into chunks of whole scoring batches (so every batch the model sees is the
+    one the single-process pass would have given it)."""
+    step = batch_size * max(1, batches_per_chunk)
+    return [images[start:start + step] for start in range(0, len(images), step)]
+
+
+def local_cluster_options(workers: int, scratch: Path) -> dict:
+    """LocalCluster settings: one-thread worker processes on 127.0.0.1, scratch files in ``scratch``."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    # processes with one Dask thread each: the parallelism inside a task is torch's
+    return dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1",
+                local_directory=str(scratch))
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """Dask's nanny writes OMP_NUM_THREADS=1 (and more) into this process's environment before
+    it spawns a worker, and leaves it there: every process started afterwards (a model server,
+    a DVC stage) would then compute with one thread. Inside this block it may; after, the
+    environment is what it was."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _local_cluster(workers: int, scratch: Path):
     from distributed import LocalCluster
 
-    scratch.mkdir(parents=True, exist_ok=True)
-    # Dask's nanny writes OMP_NUM_THREADS=1 (and more) into this process's environment before
-    # it spawns a worker, and leaves it there: every process started afterwards (a model
-    # server, a DVC stage) would then compute with one thread. Put the environment back.
-    saved = dict(os.environ)
-    try:
-        # processes with one Dask thread each: the parallelism inside a task is torch's
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            host="127.0.0.1", local_directory=str(scratch))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with environment_kept():
+        return LocalCluster(**local_cluster_options(workers, scratch))
 
 
 def score_anywhere(detector, model_dir: str | Path, images: np.ndarray, *, heatmaps: bool = False,
@@ -77,17 +100,15 @@ def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2
 
     threads = threads or torch.get_num_threads()
     model_dir = str(Path(model_dir).resolve())
-    stamp = (Path(model_dir) / "detector.pt").stat().st_mtime
     if len(images) == 0:
-        return _score_chunk(model_dir, stamp, images, heatmaps, threads)
-    step = batch_size * max(1, batches_per_chunk)
-    chunks = [images[start:start + step] for start in range(0, len(images), step)]
+        return score_chunk(model_dir, images, heatmaps, threads)
+    chunks = chunks_of(images, batch_size, batches_per_chunk)
     cluster = None if address else _local_cluster(workers, Path(scratch))
     try:
         with Client(address or cluster) as client:
             sent = client.scatter(chunks)  # the images travel as data, not inside the task graph
-            futures = client.map(_score_chunk, [model_dir] * len(chunks), [stamp] * len(chunks), sent,
-                                 [heatmaps] * len(chunks), [threads] * len(chunks), pure=False)
+            futures = client.map(score_chunk, [model_dir] * len(chunks), sent, [heatmaps] * len(chunks),
+                                 [threads] * len(chunks), pure=False)
             parts = client.gather(futures)
     finally:
         if cluster is not None:

@@ -81,7 +81,6 @@ class Detector:
         self.score_range: tuple[float, float] | None = None  # of the validation images' decision scores
         self.best_epoch: int | None = None
         self.resumed_from_epoch = 0  # the epoch fit() resumed from (0: from the start)
-        self.rank = 0  # this process's rank in distributed training: only rank 0 is calibrated
 
     # ---- fitting -----------------------------------------------------------------
     def fit(self, images: np.ndarray, is_anomaly: np.ndarray | None = None, *, run_dir: str | Path | None = None,
@@ -141,7 +140,6 @@ class Detector:
         self.history = trainer.fit(data)
         self.best_epoch = trainer.best_epoch
         self.resumed_from_epoch = trainer.start_epoch  # 0: trained from the first epoch
-        self.rank = trainer.world.rank
         if not trainer.world.is_main:  # distributed training: rank 0 calibrates and saves the detector
             return self
         self.calibrate(val_images, val_labels)

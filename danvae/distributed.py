@@ -2,7 +2,7 @@
 
     danvae train --data DIR --out runs/a --nproc 2            # torchrun on this host
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
-        -m danvae.cli train --data DIR --out runs/a --resume   # several hosts (the folder shared)
+        -m danvae.cli train --data DIR --out runs/a            # the same on each host (a shared folder)
 
 Every process takes its share of each global batch (``train.batch_size`` images split across
 ranks), DDP averages the gradients, so a step sees the same images as a single process does.

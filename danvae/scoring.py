@@ -210,3 +210,12 @@ def calibrate_threshold(scores: np.ndarray, is_anomaly: np.ndarray, normal_quant
     normal = scores[~is_anomaly] if (~is_anomaly).any() else scores
     # No anomalies to choose by (or none separable within max_fpr). Strictly above the quantile, so not every image is flagged even when scores tie.
     return float(np.nextafter(np.quantile(normal, normal_quantile), np.inf)), f"normal_q{normal_quantile:g}"
+
+
+def per_file(files: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """What ``danvae score`` writes: each image's ``path`` and ``label`` (from ``files``) with its
+    scores, the decision first."""
+    out = pd.concat([files[["path", "label"]].reset_index(drop=True), table.reset_index(drop=True)], axis=1)
+    ordered = ["path", "label", "brightness", "score", "is_anomaly"]
+    return out[ordered + [c for c in out.columns if c not in ordered]]
+

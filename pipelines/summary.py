@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from danvae.config import load_params
+from danvae.data.data_docs import data_docs_index
 from pipelines.promotion import register_and_promote
 from pipelines.stages.common import USER_ERRORS, format_figure, read_run, write_json
 
@@ -50,7 +51,8 @@ def summary_lines(metrics: dict, run: dict, promotion: dict | None) -> list[str]
     worst = low if low is not None else metrics.get("auroc")
     if worst is None or worst <= 0.5:
         lines += ["", "  WARNING: this model is no better than chance on its test split: it does not find defects."]
-    lines += ["", "  Next: reports/report.md (figures in reports/figures/), `make ui` for the MLflow runs and registry."]
+    lines += ["", "  Next: reports/report.md (figures in reports/figures/), `make ui` for the MLflow runs and registry,"
+                  f" {data_docs_index(Path('.')).as_posix()} for the data's validation (Great Expectations Data Docs)."]
     return lines
 
 
