@@ -14,8 +14,10 @@ and the current champion on the same images and promotes when
 * the data validation passed;
 
 with no champion yet, the version is promoted when validation passed and its AUROC reaches
-``min_auroc``. The decision, its reason and both models' figures are written as ``gate.*``
-tags on the challenger version, and as ``gate.v<challenger>.*`` tags on the champion.
+``min_auroc``. The challenger version is tagged ``gate.decision``, ``gate.reason``,
+``gate.validation_passed``, ``gate.forced`` and ``gate.figures`` (both models' figures,
+the tolerances and the images' fingerprint, as one JSON object); the champion it was judged
+against gets ``gate.v<challenger>`` (the same, briefly, as JSON).
 
 Registration is safe to rerun: the version for a model URI is found again rather than
 duplicated, aliases are set only once the version is READY, and a registry that fails
@@ -24,6 +26,7 @@ part-way raises :class:`RegistrationError` with a one-line message.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 import time
@@ -41,6 +44,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_URI_TAG = "danvae.model_uri"
 MODEL_SHA256_TAG = "danvae.model_sha256"  # of detector.pt: a scorer checks what it loads
+GATE_FIGURES_TAG = "gate.figures"  # both models' figures on the gate images, the tolerances: one JSON object
 DEFAULT_MIN_AUROC = 0.6
 DEFAULT_AUROC_TOLERANCE = 0.01
 DEFAULT_DARK_TOLERANCE = 0.02
@@ -452,6 +456,11 @@ def describe_version(name: str, version: str | int, text: str, client=None) -> N
                             f"{failure_cause(exc)}; rerunning is safe") from exc
 
 
+def _json_number(v: Any) -> Any:
+    """numpy scalars in the gate's figures, as JSON numbers."""
+    return v.item() if hasattr(v, "item") else str(v)
+
+
 def _tag_value(v: Any) -> str:
     if v is None:
         return "none"
@@ -549,45 +558,41 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
         step = f"writing the decision tags on version {version}"
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         fingerprint = images_fingerprint(images, labels)
-        tags: dict[str, Any] = {
-            "gate.decision": decision, "gate.reason": why, "gate.evaluated_at": now,
-            "gate.images_sha256": fingerprint, "gate.n_images": ch.get("n_images"),
-            "gate.n_anomalies": ch.get("n_anomalies"), "gate.auroc_tolerance": auroc_tolerance,
-            "gate.dark_tolerance": dark_tolerance,
-            "gate.validation_passed": "not checked" if validation_passed is None else validation_passed,
-            "gate.champion_version": champion_version, "gate.forced": force,
+        kept = ("auroc", "auroc_darkest", "auprc", "f1", "auroc_by_brightness", "score_kind", "threshold",
+                "scored_with")
+        figures = {
+            "evaluated_at": now, "images_sha256": fingerprint, "n_images": ch.get("n_images"),
+            "n_anomalies": ch.get("n_anomalies"), "champion_version": champion_version,
+            "tolerances": {"auroc": auroc_tolerance, "dark": dark_tolerance,
+                           **({"min_auroc": min_auroc} if champion is None else {})},
+            "challenger": {k: ch.get(k) for k in kept},
+            "champion": None if champ is None else {k: champ.get(k) for k in kept},
         }
-        if champion is None:
-            tags["gate.min_auroc"] = min_auroc
-        if force:
-            tags["gate.force_reason"] = reason.strip()
-        for k in ("auroc", "auroc_darkest", "auprc", "f1", "auroc_by_brightness", "score_kind", "threshold",
-                  "scored_with"):
-            tags[f"gate.{k}"] = ch.get(k)
-            if champ is not None:
-                tags[f"gate.champion_{k}"] = champ.get(k)
-        # The decision tag is written last, after the alias: a crash part-way leaves no version
-        # tagged "promoted" that is not the champion, and a rerun completes the promotion.
-        decided = tags.pop("gate.decision")
+        # A few flat tags to read in the versions table, the figures as one JSON tag. The decision
+        # tag is written last, after the alias: a crash part-way leaves no version tagged
+        # "promoted" that is not the champion, and a rerun completes the promotion.
+        tags: dict[str, Any] = {
+            "gate.reason": why,
+            "gate.validation_passed": "not checked" if validation_passed is None else validation_passed,
+            "gate.forced": force, **({"gate.force_reason": reason.strip()} if force else {}),
+            GATE_FIGURES_TAG: json.dumps(figures, default=_json_number),
+        }
         for k, v in tags.items():
-            client.set_model_version_tag(name, version, k, _tag_value(v))
+            client.set_model_version_tag(name, version, k, v if k == GATE_FIGURES_TAG else _tag_value(v))
         if champion is not None:
             step = f"writing the decision tags on champion version {champion_version}"
-            prefix = f"gate.v{version}"
-            champ_tags = {f"{prefix}.decision": decision, f"{prefix}.evaluated_at": now,
-                          f"{prefix}.images_sha256": fingerprint}
-            for k in ("auroc", "auroc_darkest"):
-                champ_tags[f"{prefix}.{k}"] = champ.get(k)
-                champ_tags[f"{prefix}.challenger_{k}"] = ch.get(k)
-            for k, v in champ_tags.items():
-                client.set_model_version_tag(name, champion_version, k, _tag_value(v))
+            judged = {"decision": decision, "evaluated_at": now, "images_sha256": fingerprint,
+                      "auroc": champ.get("auroc"), "auroc_darkest": champ.get("auroc_darkest"),
+                      "challenger_auroc": ch.get("auroc"), "challenger_auroc_darkest": ch.get("auroc_darkest")}
+            client.set_model_version_tag(name, champion_version, f"gate.v{version}",
+                                         json.dumps(judged, default=_json_number))
         if promoted:
             step = f"pointing alias '{CHAMPION}' at version {version}"
             client.set_registered_model_alias(name, CHAMPION, version)
             if champion is not None:
                 client.set_model_version_tag(name, champion_version, "gate.replaced_by", version)
         step = f"writing the decision tag on version {version}"
-        client.set_model_version_tag(name, version, "gate.decision", _tag_value(decided))
+        client.set_model_version_tag(name, version, "gate.decision", decision)
         return result
     except RegistryError:
         raise

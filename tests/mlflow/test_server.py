@@ -103,7 +103,10 @@ def test_register_gate_promote_load_predict(trained, champion, serving, surfaces
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == trained.version
     tags = client.get_model_version(MODEL_NAME, trained.version).tags
     assert tags["gate.decision"] == "promoted" and "first champion" in tags["gate.reason"]
-    assert float(tags["gate.auroc"]) == pytest.approx(champion.challenger_metrics["auroc"], abs=1e-5)
+    figures = json.loads(tags["gate.figures"])  # the figures are one JSON tag; a few flat tags beside it
+    assert figures["challenger"]["auroc"] == pytest.approx(champion.challenger_metrics["auroc"], abs=1e-9)
+    assert figures["champion"] is None and figures["tolerances"] == {"auroc": 0.01, "dark": 0.02, "min_auroc": 0.6}
+    assert len([k for k in tags if k.startswith("gate.")]) <= 5
 
     expected = trained.detector.score_table(surfaces.test_images)
     loaded = load_detector(f"models:/{MODEL_NAME}@champion")
@@ -160,11 +163,12 @@ def test_degraded_challenger_leaves_champion(trained, champion, surfaces):
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == trained.version
     tags = client.get_model_version(MODEL_NAME, v2).tags
     assert tags["gate.decision"] == "rejected" and "below champion" in tags["gate.reason"]
-    assert float(tags["gate.champion_auroc"]) == pytest.approx(decision.champion_metrics["auroc"], abs=1e-5)
-    champ_tags = client.get_model_version(MODEL_NAME, trained.version).tags
-    assert champ_tags[f"gate.v{v2}.decision"] == "rejected"
-    assert float(champ_tags[f"gate.v{v2}.challenger_auroc"]) == pytest.approx(decision.challenger_metrics["auroc"],
-                                                                               abs=1e-5)
+    figures = json.loads(tags["gate.figures"])
+    assert figures["champion"]["auroc"] == pytest.approx(decision.champion_metrics["auroc"], abs=1e-9)
+    assert figures["champion_version"] == trained.version
+    judged = json.loads(client.get_model_version(MODEL_NAME, trained.version).tags[f"gate.v{v2}"])
+    assert judged["decision"] == "rejected"
+    assert judged["challenger_auroc"] == pytest.approx(decision.challenger_metrics["auroc"], abs=1e-9)
 
 
 def test_pyfunc_in_a_fresh_process(trained, champion, surfaces, mlflow_server, tmp_path):

@@ -188,7 +188,7 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
     assert decision.champion_metrics["auroc"] == pytest.approx(decision.challenger_metrics["auroc"], abs=1e-6)
     assert decision.promoted
     tags = MlflowClient().get_model_version("danvae-old", str(new.version)).tags
-    assert tags["gate.champion_scored_with"] == "the model's own code"
+    assert json.loads(tags["gate.figures"])["champion"]["scored_with"] == "the model's own code"
 
 
 def test_failed_block_marks_the_run_failed(sqlite_default):
