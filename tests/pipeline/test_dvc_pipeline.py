@@ -34,6 +34,11 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert "reports/figures/roc.png" in images and "reports/figures/heatmaps.png" in images
     assert set(drawn) == images | {n for n, t in drawn.items() if t == {"vega"}}
     assert metrics["auroc_low"] <= metrics["auroc"] <= metrics["auroc_high"]
+    # the HTML page renders offline: vega, vega-lite and vega-embed inlined, nothing fetched
+    tiny_repo.dvc("plots", "show")
+    page = (tiny_repo.path / "dvc_plots" / "index.html").read_text()
+    assert "vegaEmbed('#" in page and "cdn.jsdelivr" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no script, style or image from a server
 
     # what `make run` does after the repro: the gate, then the summary
     summary = tiny_repo.run(sys.executable, "-m", "pipelines.summary").stdout
