@@ -31,6 +31,10 @@ class ModelConfig(_Strict):
     )
     top_k: float = Field(0.05, gt=0, le=1, description="share of z_x locations the dual prior pulls on an anomaly with no mask")
     head: bool = Field(True, description="spatial models: train the anomaly head (the head_max score)")
+    head_noise: bool = Field(
+        False, description="spatial models: the head also sees the noise level of the brightness-normalised image "
+                           "(Immerkær), so it can learn how far a dark, noisy surface strays"
+    )
     adversary: float = Field(
         5.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
     )

@@ -20,7 +20,7 @@ __all__ = ["build_model", "AnomalyVAE", "Batch", "LossWeights", "DAnVAE", "VAE",
 def build_model(cfg: ModelConfig, channels: int, image_size: int) -> AnomalyVAE:
     common = dict(channels=channels, image_size=image_size, anomaly_mean=cfg.anomaly_mean,
                   smooth_kernel=cfg.smooth_kernel, likelihood=cfg.resolved_likelihood())
-    spatial = dict(top_k=cfg.top_k, head=cfg.head)
+    spatial = dict(top_k=cfg.top_k, head=cfg.head, head_noise=cfg.head_noise)
     if cfg.name == "danvae":
         return SpatialDAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, adversary=cfg.adversary, **common, **spatial)
     if cfg.name in ("vae", "dpvae"):

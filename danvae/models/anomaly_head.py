@@ -31,10 +31,11 @@ class AnomalyHead(nn.Module):
     """A small U-Net on [x, x̂, |x − x̂|, self-dissimilarity] → one logit per pixel. It predicts at half
     resolution (upsampled): a defect of a few pixels still spans several cells, at half the cost."""
 
-    def __init__(self, channels: int, width: int = 24):
+    def __init__(self, channels: int, width: int = 24, context: int = 0):
         super().__init__()
         w = width
-        self.enc1 = _conv(3 * channels + 1, w)
+        self.context = context  # per-image numbers shown to the head as constant maps (e.g. the noise level)
+        self.enc1 = _conv(3 * channels + 1 + context, w)
         self.enc2 = nn.Sequential(_conv(w, 2 * w), _conv(2 * w, 2 * w))
         self.enc3 = nn.Sequential(_conv(2 * w, 2 * w), _conv(2 * w, 2 * w))
         self.dec2 = _conv(4 * w + w, 2 * w)
@@ -43,10 +44,14 @@ class AnomalyHead(nn.Module):
         # so the first steps are not spent pushing every normal pixel down.
         nn.init.constant_(self.out.bias, -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
 
-    def forward(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         # the dissimilarity ratio is ≈ 1 on ordinary texture: centred on 0 for the first layer
         cue = (dissimilarity[:, None] - 1.0).clamp(-1.0, 4.0)
-        e1 = self.enc1(torch.cat([x, x_hat, (x - x_hat).abs(), cue], dim=1))
+        parts = [x, x_hat, (x - x_hat).abs(), cue]
+        if self.context:
+            parts.append(context.view(len(x), self.context, 1, 1).expand(-1, -1, *x.shape[-2:]).to(x.dtype))
+        e1 = self.enc1(torch.cat(parts, dim=1))
         half = F.max_pool2d(e1, 2)
         e2 = self.enc2(half)
         e3 = self.enc3(F.max_pool2d(e2, 2))

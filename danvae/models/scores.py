@@ -1,6 +1,8 @@
 """Per-image anomaly score terms computed from model outputs (pure tensor functions)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +42,15 @@ def normalise_brightness(x: torch.Tensor, level: torch.Tensor | None = None) -> 
     """``x`` divided by its brightness (or ``level``), scaled so a mean image sits at 0.5."""
     level = image_brightness(x) if level is None else level
     return x * (0.5 / (level + BRIGHTNESS_EPS))[:, None, None, None]
+
+
+def noise_level(x: torch.Tensor) -> torch.Tensor:
+    """Immerkær's fast estimate of the Gaussian noise σ of each image of B×C×H×W (on its grey
+    image): the mean absolute response to a Laplacian difference that cancels smooth structure."""
+    grey = x.float().mean(dim=1, keepdim=True)
+    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=x.device)
+    response = F.conv2d(grey, kernel.view(1, 1, 3, 3)).abs()
+    return response.flatten(1).mean(dim=1) * (math.pi / 2) ** 0.5 / 6.0
 
 
 def normalised_error_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

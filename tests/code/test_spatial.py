@@ -178,3 +178,31 @@ def test_scores_with_precomputed_self_dissimilarity_equal_the_full_pass(name):
     pd.testing.assert_frame_equal(full, reused)
     shuffled, _ = score_images(model, images, y, batch_size=2, dissimilarity=known[::-1].copy())
     assert not np.allclose(shuffled["selfsim_max"], full["selfsim_max"])  # the maps given are the maps used
+
+
+def test_noise_level_estimates_gaussian_noise_and_ignores_smooth_structure():
+    from danvae.models.scores import noise_level
+
+    gen = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)  # smooth: no noise
+    assert float(noise_level(ramp)) < 1e-4
+    for sigma in (0.01, 0.03):
+        noisy = ramp + sigma * torch.randn(1, 1, 64, 64, generator=gen)
+        assert abs(float(noise_level(noisy)) - sigma) < 0.1 * sigma
+
+
+def test_the_head_sees_the_noise_level_when_asked():
+    from danvae.config import ModelConfig
+    from danvae.models import build_model
+
+    torch.manual_seed(0)
+    plain, aware = (build_model(ModelConfig(head_noise=flag), 3, 32).eval() for flag in (False, True))
+    assert aware.head.enc1[0].in_channels == plain.head.enc1[0].in_channels + 1
+    x = (0.5 + 0.1 * torch.randn(2, 3, 32, 32)).clamp(0, 1)
+    y = torch.full((2,), 0.5)
+    with torch.no_grad():
+        aware.head.enc1[0].weight[:, -1].zero_()  # the noise channel cut: the head is blind to it
+        blind = aware.scores(x, y)[0]["head_max"]
+        aware.head.enc1[0].weight[:, -1].fill_(5.0)  # the same images, the channel wired
+        seeing = aware.scores(x, y)[0]["head_max"]
+    assert torch.isfinite(seeing).all() and not torch.allclose(blind, seeing)
