@@ -140,11 +140,15 @@ class Stack:
     client_env: dict[str, str] = field(default_factory=dict)  # for the project's commands (no S3 keys: MLflow proxies)
 
 
-def _s3_buckets(url: str) -> None:
+def s3_client(url: str):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+
+
+def _s3_buckets(url: str) -> None:
+    s3 = s3_client(url)
     for bucket in BUCKETS:
         s3.create_bucket(Bucket=bucket)
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.orchestration.conftest import PARAMS, add_incoming
 from tests.pipeline.conftest import deep_update, make_repo
-from tests.servers.conftest import S3_KEYS
+from tests.servers.conftest import S3_KEYS, s3_client
 
 pytestmark = pytest.mark.slow
 MODEL = "danvae-surface"
@@ -50,10 +50,7 @@ def flow_runs(stack) -> list[tuple[str, str]]:
 
 
 def bucket_keys(stack, bucket: str) -> list[str]:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1",
-                      aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    s3 = s3_client(stack.s3_url)
     keys, token = [], {}
     while True:
         page = s3.list_objects_v2(Bucket=bucket, **token)
@@ -128,15 +125,13 @@ def _digests(root: Path, paths: list[str]) -> dict[str, str]:
 def test_dvc_push_and_pull_round_trip_through_s3(stack, project):
     if not (project.path / "data" / "images.npy").exists():
         project.dvc("repro")
-    env = {**S3_KEYS}
-    project.env.update(env)
+    project.env.update(S3_KEYS)  # DVC talks to the bucket itself (MLflow's server proxies for its clients)
     project.dvc("remote", "add", "-d", "shared", "s3://dvc/cache")
     project.dvc("remote", "modify", "shared", "endpointurl", stack.s3_url)
     outputs = ["data/images.npy", "data/manifest.parquet", "data/store", "models/detector", "reports/scores.csv"]
     before = _digests(project.path, outputs)
     assert len(before) >= 5
-    pushed = project.dvc("push")
-    assert "pushed" in pushed.stdout.lower() or pushed.returncode == 0
+    project.dvc("push")  # fails the test on a non-zero exit
     assert len(bucket_keys(stack, "dvc")) >= len(before)
     import shutil
 
