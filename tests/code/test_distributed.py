@@ -24,7 +24,7 @@ TRAIN = ["--epochs", str(EPOCHS), "--warmup-epochs", "2", "--image-size", "32", 
          "--quiet"]
 # Mean relative gap, over epochs, between the losses of 2 processes and of 1 with the same global
 # batch: the ranks draw their own augmentations, so the curves differ as runs with other seeds do
-# (single-process seeds 0 / 1 / 2 on these images: 8-16 %).
+# (single-process seeds 0 / 1 / 2 on these images, 6 epochs: 8-16 %).
 LOSS_TOLERANCE = 0.15
 
 PROBE = '''
