@@ -102,7 +102,7 @@ def main() -> None:
         out = Path(tmp) / "ddp.json"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-                        __file__, "--images", str(args.images), "--size", str(args.size), "--epochs", str(args.epochs),
+                        f"--log-dir={Path(tmp) / 'torchrun'}", __file__, "--images", str(args.images), "--size", str(args.size), "--epochs", str(args.epochs),
                         "--threads", "1", "--worker", str(out)], check=True, env=env)
         ddp = json.loads(out.read_text())
     rows.append((f"{args.nproc} processes × 1 thread (DDP, gloo)", ddp))

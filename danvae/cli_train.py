@@ -21,7 +21,7 @@ from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, Synthe
 
 RUN_CONFIG = "run_config.json"
 # What a run writes into its folder: all that --overwrite removes (nothing else there is touched).
-RUN_FILES = (RUN_CONFIG, "detector.pt", "detector.json", "history.json", "checkpoints")
+RUN_FILES = (RUN_CONFIG, "detector.pt", "detector.json", "history.json", "checkpoints", "torchrun")
 
 
 class RunFolderError(ValueError):
@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world.is_main:
         start_run_folder(out, settings, args.overwrite)
     if args.nproc > 1 and world.size == 1:
-        code = launch("danvae.cli", worker_argv(args.argv), args.nproc)
+        code = launch("danvae.cli", worker_argv(args.argv), args.nproc, out / "torchrun")
         if code != 0:
             raise CommandError(f"distributed training ({args.nproc} processes) failed with exit code {code}; "
                                f"rerun the same command with --resume to continue from the last checkpoint")

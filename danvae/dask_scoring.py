@@ -70,9 +70,10 @@ def environment_kept():
 
 
 def _local_cluster(workers: int, scratch: Path):
+    import dask
     from distributed import LocalCluster
 
-    with environment_kept():
+    with environment_kept(), dask.config.set({"temporary-directory": str(scratch)}):  # its locks too, not in /tmp
         return LocalCluster(**local_cluster_options(workers, scratch))
 
 

@@ -73,10 +73,11 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def launch(module: str, argv: list[str], nproc: int) -> int:
-    """Run ``python -m <module> <argv>`` as ``nproc`` processes on this host under torchrun; its exit code."""
+def launch(module: str, argv: list[str], nproc: int, log_dir: str | os.PathLike) -> int:
+    """Run ``python -m <module> <argv>`` as ``nproc`` processes on this host under torchrun (its
+    files in ``log_dir``, not in /tmp); its exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", module, *argv]
+           f"--log-dir={log_dir}", "-m", module, *argv]
     # one thread per process unless told otherwise; DDP's note on parameters a step leaves unused
     # (the decoder frozen on anomaly batches, by design) is not the user's concern
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),

@@ -61,7 +61,9 @@ def dask_task_runner(workers: int = 2, address: str | None = None):
 
 def score_folder_on_dask(model_dir: str, data: str, out: str, workers: int = 2, address: str | None = None) -> dict:
     """:func:`score_folder` with its chunks on Dask; this process's environment is left as it was."""
-    with environment_kept():
+    import dask
+
+    with environment_kept(), dask.config.set({"temporary-directory": str(SCRATCH.resolve())}):
         return score_folder.with_options(task_runner=dask_task_runner(workers, address))(model_dir, data, out)
 
 

@@ -41,7 +41,7 @@ def run_name(params: Params) -> str:
 def main(params: Params) -> None:
     world = requested_world()
     if params.train.nproc > 1 and world.size == 1:
-        code = launch("pipelines.stages.train", [], params.train.nproc)
+        code = launch("pipelines.stages.train", [], params.train.nproc, Path(".cache/torchrun"))
         if code != 0:
             print(f"train: error: distributed training ({params.train.nproc} processes) failed with exit code "
                   f"{code}; run the stage again to resume from the last checkpoint", file=sys.stderr)

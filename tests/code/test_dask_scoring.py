@@ -47,8 +47,11 @@ def test_a_running_scheduler_gives_the_same_table(saved, tmp_path):
     root, images = saved
     want = Detector.load(root / "model").score_table(images)
     # patch.dict: the environment Dask's nanny changes while spawning comes back afterwards
-    with mock.patch.dict(os.environ), LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                                                    host="127.0.0.1", local_directory=str(tmp_path)) as cluster:
+    import dask
+
+    with mock.patch.dict(os.environ), dask.config.set({"temporary-directory": str(tmp_path)}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1",
+                         local_directory=str(tmp_path)) as cluster:
         got, maps = score_on_dask(root / "model", images, address=cluster.scheduler_address, batch_size=64)
     assert maps is None
     pd.testing.assert_frame_equal(got, want, check_exact=True)

@@ -109,7 +109,8 @@ def test_only_rank_0_writes_and_every_rank_keeps_the_decoder_frozen(data, tmp_pa
     script.write_text(PROBE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(script), str(data), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                           f"--log-dir={tmp_path / 'torchrun'}", str(script), str(data), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
                           env=env, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
