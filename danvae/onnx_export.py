@@ -1,7 +1,7 @@
 """A fitted detector's whole scoring graph as one ONNX file, and a runtime that scores with it.
 
     export_onnx(detector, "model.onnx")
-    onnx_det = OnnxDetector("model.onnx")          # onnxruntime only: no torch needed to score
+    onnx_det = OnnxDetector("model.onnx")          # scores on onnxruntime (the .onnx file alone needs neither torch nor danvae)
     table = onnx_det.score_table(images_uint8_nhwc)  # the columns of Detector.score_table
 
 The graph takes uint8 images N×H×W×C at the model's size (any N) and returns, per image,
