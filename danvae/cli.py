@@ -24,6 +24,7 @@ from danvae.cli_predict import add_predict_parser
 from danvae.cli_promote import add_promote_parser
 from danvae.cli_train import add_train_parser
 from danvae.data.folders import DataError
+from danvae.data.nuisance import factor_values
 from danvae.evaluate import EvaluationError, evaluate_scores
 from danvae.images import ImageError
 from danvae.tracking import TrackingError
@@ -51,7 +52,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from danvae.dask_scoring import score_anywhere
 
     table, _ = score_anywhere(det, args.model, packed.images, workers=args.workers, address=args.dask_address,
-                              progress=not args.quiet)
+                              progress=not args.quiet, nuisance=factor_values(packed.table, det.nuisance))
     from danvae.scoring import per_file
 
     out = per_file(packed.table, table)

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from danvae.cli_common import DefaultsHelpFormatter, add_model_argument, read_folder
+from danvae.data.nuisance import factor_values
 
 SHEET_TILES = 64
 
@@ -45,7 +46,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     det = load_detector(args.model)
     packed = read_folder(args.data, det.image_size, det.channels, progress=not args.quiet)
-    table, maps = det.score_table(packed.images, heatmaps=True, progress=not args.quiet)
+    table, maps = det.score_table(packed.images, heatmaps=True, progress=not args.quiet,
+                                  nuisance=factor_values(packed.table, det.nuisance))
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     result = pd.concat([packed.table[["path", "label"]].reset_index(drop=True), table], axis=1)

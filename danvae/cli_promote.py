@@ -41,10 +41,12 @@ def _validation_passed(path: str | None) -> tuple[bool | None, str | None]:
 
 
 def _gate_images(uri: str, data_dir: str):
-    """The labelled images of ``data_dir``, decoded at the challenger's image size."""
+    """The labelled images of ``data_dir``, decoded at the challenger's image size, their labels
+    and (for a model trained on a recorded nuisance factor) that factor from ``nuisance.csv``."""
     import mlflow
 
     from danvae.data.folders import discover, pack
+    from danvae.data.nuisance import BRIGHTNESS, factor_values
 
     info = mlflow.models.get_model_info(uri)
     meta = (info.metadata or {}).get("danvae", {})
@@ -59,7 +61,7 @@ def _gate_images(uri: str, data_dir: str):
     labels = (packed.table["label"] == "anomaly").to_numpy()
     if not labels.any() or labels.all():
         raise PromoteCommandError(f"{data_dir} needs both normal and anomalous images to compare models")
-    return packed.images, labels
+    return packed.images, labels, factor_values(packed.table, meta.get("nuisance", BRIGHTNESS))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -73,10 +75,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     try:
         version = str(args.version)
         uri = f"models:/{args.name}/{version}" if version.isdigit() else f"models:/{args.name}@{version}"
-        images, labels = _gate_images(uri, args.data)
+        images, labels, nuisance = _gate_images(uri, args.data)
         decision = promote(None, args.name, version, images, labels, auroc_tolerance=args.tolerance,
                            dark_tolerance=args.dark_tolerance, validation_passed=passed, min_auroc=args.min_auroc,
-                           force=args.force, reason=args.reason)
+                           force=args.force, reason=args.reason, nuisance=nuisance)
     except RegistryError as exc:
         raise PromoteCommandError(str(exc)) from exc
     except Exception as exc:  # an unknown name/version from get_model_info, an unreachable server, ...

@@ -18,6 +18,7 @@ from typing import Any, get_args
 
 from danvae.cli_common import CommandError, DefaultsHelpFormatter, read_folder
 from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
+from danvae.data.nuisance import BRIGHTNESS, NUISANCE_FILE, factor_values
 
 RUN_CONFIG = "run_config.json"
 # What a run writes into its folder: all that --overwrite removes (nothing else there is touched).
@@ -36,8 +37,9 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     train.update(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs), sup_ratio=args.sup_ratio,
                  seed=args.seed, batch_size=args.batch_size, device=args.device, lr=args.lr, beta_x=args.beta_x,
                  beta_y=args.beta_y, synthetic=synthetic)
+    nuisance = {} if args.nuisance == BRIGHTNESS else {"nuisance": args.nuisance}  # runs before the flag: unchanged
     return {
-        "data": str(Path(args.data).resolve()), "image_size": args.image_size, "channels": args.channels,
+        "data": str(Path(args.data).resolve()), "image_size": args.image_size, "channels": args.channels, **nuisance,
         "model": ModelConfig(name=args.model, zx_dim=args.zx_dim, zy_dim=args.zy_dim,
                              likelihood=args.likelihood).model_dump(),
         "train": TrainConfig(**train).model_dump(), "score": ScoreConfig(kind=args.score_kind).model_dump(),
@@ -135,9 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                f"rerun the same command with --resume to continue from the last checkpoint")
         return 0
     det = Detector(ModelConfig(**settings["model"]), image_size=args.image_size, channels=args.channels,
-                   train=TrainConfig(**settings["train"]), score=ScoreConfig(**settings["score"]))
+                   train=TrainConfig(**settings["train"]), score=ScoreConfig(**settings["score"]),
+                   nuisance=args.nuisance)
     det.fit(data.images, data.is_anomaly, run_dir=out, masks=data.masks, has_mask=data.has_mask,
-            progress=False if args.quiet else None)
+            progress=False if args.quiet else None, nuisance=factor_values(data.table, args.nuisance))
     if not world.is_main:
         return 0
     n_masks = 0 if data.has_mask is None else int((data.has_mask & data.is_anomaly).sum())
@@ -163,6 +166,8 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.Ar
                                                              "the settings must be the same")
     again.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     t.add_argument("--model", default=model.name, choices=list(get_args(ModelName)))
+    t.add_argument("--nuisance", default=BRIGHTNESS,
+                   help=f"the nuisance factor: brightness, or a column of DIR/{NUISANCE_FILE} (e.g. exposure)")
     t.add_argument("--epochs", type=int, default=train.epochs)
     t.add_argument("--warmup-epochs", type=int, default=train.warmup_epochs)
     t.add_argument("--batch-size", type=int, default=train.batch_size)

@@ -197,6 +197,11 @@ class DataConfig(_Strict):
         0.10, ge=0, le=1, description="labelled anomalies in train, as a share of train normals (thesis: 0.05, 0.10, 0.20)"
     )
     test_anomaly_share: float = Field(0.30, gt=0, lt=1, description="share of anomalies in the evaluated test set")
+    nuisance: str = Field(
+        "brightness", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="the nuisance factor y: 'brightness' (measured on the pixels) or a column of nuisance.csv "
+                    "beside the images (an exposure, a camera id as a number)",
+    )
 
 
 class ValidateConfig(_Strict):

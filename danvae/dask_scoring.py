@@ -28,15 +28,15 @@ def _detector(model_dir: str, stamp: float):  # stamp: a changed model file is l
     return Detector.load(model_dir)
 
 
-def score_chunk(model_dir: str, images: np.ndarray, heatmaps: bool, threads: int
-                ) -> tuple[pd.DataFrame, np.ndarray | None]:
+def score_chunk(model_dir: str, images: np.ndarray, heatmaps: bool, threads: int,
+                nuisance: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One chunk scored by the detector saved in ``model_dir`` (loaded once per process, and
     again when its file changes) with ``threads`` torch threads: what a worker runs."""
     import torch
 
     torch.set_num_threads(threads)
     stamp = (Path(model_dir) / "detector.pt").stat().st_mtime
-    out = _detector(model_dir, stamp).score_table(images, heatmaps=heatmaps)
+    out = _detector(model_dir, stamp).score_table(images, heatmaps=heatmaps, nuisance=nuisance)
     return out if heatmaps else (out, None)
 
 
@@ -78,21 +78,21 @@ def _local_cluster(workers: int, scratch: Path):
 
 
 def score_anywhere(detector, model_dir: str | Path, images: np.ndarray, *, heatmaps: bool = False,
-                   workers: int = 1, address: str | None = None, progress: bool = False
-                   ) -> tuple[pd.DataFrame, np.ndarray | None]:
+                   workers: int = 1, address: str | None = None, progress: bool = False,
+                   nuisance: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """``detector.score_table`` in this process (``workers`` 1, no ``address``), or the same
     table from :func:`score_on_dask` on the detector saved in ``model_dir``."""
     if workers > 1 or address:
         return score_on_dask(model_dir, images, workers=workers, address=address, heatmaps=heatmaps,
-                             batch_size=detector.score_config.batch_size)
-    out = detector.score_table(images, heatmaps=heatmaps, progress=progress)
+                             batch_size=detector.score_config.batch_size, nuisance=nuisance)
+    out = detector.score_table(images, heatmaps=heatmaps, progress=progress, nuisance=nuisance)
     return out if heatmaps else (out, None)
 
 
 def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2, address: str | None = None,
                   heatmaps: bool = False, batch_size: int = 256, batches_per_chunk: int = 1,
-                  scratch: str | Path = ".cache/dask", threads: int | None = None
-                  ) -> tuple[pd.DataFrame, np.ndarray | None]:
+                  scratch: str | Path = ".cache/dask", threads: int | None = None,
+                  nuisance: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """``Detector.load(model_dir).score_table(images, heatmaps=...)`` computed on Dask: a new
     ``LocalCluster`` of ``workers`` processes (their spill and lock files under ``scratch``), or
     the scheduler at ``address``. ``threads``: torch threads per task (default: this process's)."""
@@ -102,14 +102,16 @@ def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2
     threads = threads or torch.get_num_threads()
     model_dir = str(Path(model_dir).resolve())
     if len(images) == 0:
-        return score_chunk(model_dir, images, heatmaps, threads)
+        return score_chunk(model_dir, images, heatmaps, threads, nuisance)
     chunks = chunks_of(images, batch_size, batches_per_chunk)
+    factors = [None] * len(chunks) if nuisance is None else chunks_of(np.asarray(nuisance), batch_size,
+                                                                          batches_per_chunk)
     cluster = None if address else _local_cluster(workers, Path(scratch))
     try:
         with Client(address or cluster) as client:
             sent = client.scatter(chunks)  # the images travel as data, not inside the task graph
             futures = client.map(score_chunk, [model_dir] * len(chunks), sent, [heatmaps] * len(chunks),
-                                 [threads] * len(chunks), pure=False)
+                                 [threads] * len(chunks), factors, pure=False)
             parts = client.gather(futures)
     finally:
         if cluster is not None:

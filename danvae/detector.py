@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
+from danvae.data.nuisance import BRIGHTNESS, NuisanceError
 from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
@@ -59,14 +60,16 @@ class Detector:
     """DAn-VAE (or a baseline) with its calibrated threshold and chosen score kind."""
 
     def __init__(self, model: ModelConfig | str = "danvae", *, image_size: int = 64, channels: int = 3,
-                 train: TrainConfig | None = None, score: ScoreConfig | None = None):
+                 train: TrainConfig | None = None, score: ScoreConfig | None = None, nuisance: str = BRIGHTNESS):
         self._params = {"model": model, "image_size": image_size, "channels": channels, "train": train,
-                        "score": score}
+                        "score": score, "nuisance": nuisance}
         self.model_config = ModelConfig(name=model) if isinstance(model, str) else model
         self.train_config = train or TrainConfig()
         self.score_config = score or ScoreConfig()
         self.image_size = image_size
         self.channels = channels
+        self.nuisance = nuisance  # what y is: "brightness" (measured on the pixels) or a per-image column's name
+        self.nuisance_range: tuple[float, float] | None = None  # a column's training min and max; y = scaled to [0, 1]
         self.model: AnomalyVAE | None = None
         self.score_kind: str | None = None
         self.threshold: float | None = None
@@ -87,13 +90,18 @@ class Detector:
             val_images: np.ndarray | None = None, val_is_anomaly: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, progress: bool | None = None,
             on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None,
-            masks: np.ndarray | None = None, has_mask: np.ndarray | None = None) -> "Detector":
+            masks: np.ndarray | None = None, has_mask: np.ndarray | None = None,
+            nuisance: np.ndarray | None = None, val_nuisance: np.ndarray | None = None) -> "Detector":
         """Train on ``images`` (labelled anomalies marked in ``is_anomaly``, their defect pixels
         in ``masks`` N×S×S where ``has_mask``), holding out a validation share to choose the
         score kind and calibrate the threshold (or using ``val_images`` / ``val_is_anomaly``
         when given). Checkpoints go to ``checkpoint_dir`` (default ``run_dir``); a run finds
-        its last checkpoint there and resumes."""
+        its last checkpoint there and resumes. ``nuisance`` / ``val_nuisance``: the factor's value
+        per image, needed when the detector's ``nuisance`` is a column rather than brightness."""
         images = fit_to(images, self.image_size, self.channels)
+        if self.nuisance != BRIGHTNESS:
+            values = self._column_values(images, nuisance)
+            self.nuisance_range = (float(values.min()), float(values.max()))
         is_anomaly = np.zeros(len(images), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
         if len(images) != len(is_anomaly):
             raise ValueError(f"{len(images)} images but {len(is_anomaly)} labels")
@@ -106,6 +114,8 @@ class Detector:
             raise ValueError("at least two normal images are needed to train and calibrate")
         if val_images is None:
             tr, va = holdout_split(is_anomaly, self.score_config.val_share, self.train_config.seed)
+            if nuisance is not None:
+                nuisance, val_nuisance = np.asarray(nuisance)[tr], np.asarray(nuisance)[va]
             images, val_images = images[tr], images[va]
             is_anomaly, val_labels = is_anomaly[tr], is_anomaly[va]
             if masks is not None:
@@ -115,11 +125,12 @@ class Detector:
             val_labels = np.zeros(len(val_images), bool) if val_is_anomaly is None else np.asarray(val_is_anomaly, bool)
         if len(val_images) == 0:
             raise ValueError("no validation images to calibrate the threshold on")
-        data = TrainingData.from_arrays(images, brightness(images), is_anomaly, self.train_config.sup_ratio,
-                                        self.train_config.seed, masks=masks, has_mask=has_mask)
+        data = TrainingData.from_arrays(images, self._y(images, nuisance), is_anomaly, self.train_config.sup_ratio,
+                                        self.train_config.seed, masks=masks, has_mask=has_mask,
+                                        y_measured=self.nuisance == BRIGHTNESS)
         torch.manual_seed(self.train_config.seed)
         self.model = build_model(self.model_config, self.channels, self.image_size)
-        val_y = brightness(val_images)
+        val_y = self._y(val_images, val_nuisance)
 
         due_epochs = validation_epochs(self.train_config)
         val_dissimilarity: np.ndarray | None = None
@@ -142,17 +153,19 @@ class Detector:
         self.resumed_from_epoch = trainer.start_epoch  # 0: trained from the first epoch
         if not trainer.world.is_main:  # distributed training: rank 0 calibrates and saves the detector
             return self
-        self.calibrate(val_images, val_labels)
+        self.calibrate(val_images, val_labels, nuisance=val_nuisance)
         if run_dir is not None:
             self.save(run_dir)
         return self
 
-    def calibrate(self, images: np.ndarray, is_anomaly: np.ndarray) -> "Detector":
+    def calibrate(self, images: np.ndarray, is_anomaly: np.ndarray, nuisance: np.ndarray | None = None
+                  ) -> "Detector":
         """Choose the score kind and the threshold on held-out images."""
         is_anomaly = np.asarray(is_anomaly, bool)
         model = self._require_fitted()
         self.fusion = None
-        table = self.score_table(images, with_decision=False)
+        table = self.score_table(images, with_decision=False, nuisance=nuisance)
+        factor = self._trend_column
         self.fusion = fit_fusion(table[~is_anomaly])
         table["fused"] = fuse(table, self.fusion)
         cfg = self.score_config
@@ -164,9 +177,10 @@ class Detector:
         self.brightness_trend = self.brightness_spread = None
         if self.score_config.brightness_adjust and int((~is_anomaly).sum()) >= 10:
             normal = table[~is_anomaly]
-            self.brightness_trend = fit_brightness_trend(normal[self.score_kind], normal["brightness"])
-            residual = brightness_adjusted(normal[self.score_kind], normal["brightness"], self.brightness_trend)
-            spread = fit_brightness_spread(residual, normal["brightness"])
+            level = self._scaled(normal[factor].to_numpy(dtype=np.float64))
+            self.brightness_trend = fit_brightness_trend(normal[self.score_kind], level)
+            residual = brightness_adjusted(normal[self.score_kind], level, self.brightness_trend)
+            spread = fit_brightness_spread(residual, level)
             if np.polyval(spread, 0.5) > 0:
                 self.brightness_spread = spread
         decision = self._decision_score(table)
@@ -187,10 +201,41 @@ class Detector:
         return np.clip((scores - self.threshold) / max(high - low, 1e-12) + 0.5, 0.0, 1.0)
 
     # ---- scoring -----------------------------------------------------------------
+    @property
+    def _trend_column(self) -> str:
+        """The score table's column the normal-score trend is fitted over: the nuisance factor."""
+        return BRIGHTNESS if self.nuisance == BRIGHTNESS else "nuisance"
+
     def _decision_score(self, table: pd.DataFrame) -> np.ndarray:
-        """The chosen score kind, less its normal-image trend over brightness when one was fitted."""
-        return brightness_adjusted(table[self.score_kind].to_numpy(dtype=np.float64), table["brightness"].to_numpy(),
+        """The chosen score kind, less its normal-image trend over the nuisance when one was fitted
+        (``brightness_trend`` keeps its name for saved models; it is over the nuisance factor)."""
+        factor = table[self._trend_column].to_numpy(dtype=np.float64)
+        return brightness_adjusted(table[self.score_kind].to_numpy(dtype=np.float64), self._scaled(factor),
                                    self.brightness_trend, self.brightness_spread)
+
+    def _column_values(self, images: np.ndarray, nuisance: np.ndarray | None) -> np.ndarray:
+        if nuisance is None:
+            raise NuisanceError(f"this detector's nuisance factor is '{self.nuisance}', a per-image value: pass "
+                                f"nuisance= with one value per image (or read them with danvae.data.nuisance)")
+        values = np.asarray(nuisance, dtype=np.float64).reshape(-1)
+        if len(values) != len(images):
+            raise ValueError(f"{len(images)} images but {len(values)} nuisance values")
+        if not np.isfinite(values).all():
+            raise NuisanceError(f"nuisance '{self.nuisance}' has values that are not finite numbers")
+        return values
+
+    def _scaled(self, values: np.ndarray) -> np.ndarray:
+        """A column's values mapped to [0, 1] by the training range (brightness is already there)."""
+        if self.nuisance == BRIGHTNESS or self.nuisance_range is None:
+            return values
+        low, high = self.nuisance_range
+        return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+    def _y(self, images: np.ndarray, nuisance: np.ndarray | None) -> np.ndarray:
+        """The model's nuisance label per image, in [0, 1]."""
+        if self.nuisance == BRIGHTNESS:
+            return brightness(images) if len(images) else np.zeros(0)
+        return self._scaled(self._column_values(images, nuisance))
 
     def _require_fitted(self) -> AnomalyVAE:
         if self.model is None:
@@ -198,39 +243,43 @@ class Detector:
         return self.model
 
     def score_table(self, images: np.ndarray, with_decision: bool = True, heatmaps: bool = False,
-                    progress: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
-        """Brightness, every score kind, and (once calibrated) ``score`` and ``is_anomaly`` per image;
-        ``progress``: a bar on stderr."""
+                    progress: bool = False, nuisance: np.ndarray | None = None
+                    ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+        """Brightness (and the ``nuisance`` column when the factor is not brightness), every score
+        kind, and (once calibrated) ``score`` and ``is_anomaly`` per image; ``progress``: a bar on stderr."""
         model = self._require_fitted()
         images = fit_to(images, self.image_size, self.channels)
-        y = brightness(images) if len(images) else np.zeros(0)
+        y = self._y(images, nuisance)
         map_kind = heatmap_kind(self.score_kind or default_kind(model), model)
         table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps,
                                    heatmap_kind=map_kind, progress=progress)
         table["fused"] = fuse(table, self.fusion)
-        table.insert(0, "brightness", y)
+        table.insert(0, "brightness", brightness(images) if len(images) else np.zeros(0))
+        if self.nuisance != BRIGHTNESS:
+            table.insert(1, "nuisance", self._column_values(images, nuisance))
         if with_decision and self.score_kind is not None:
-            table.insert(1, "score", self._decision_score(table))
-            table.insert(2, "is_anomaly", table["score"] >= self.threshold)
-            table.insert(3, "normalized_score", self.normalized_scores(table["score"].to_numpy()))
+            at = table.columns.get_loc(self._trend_column) + 1
+            table.insert(at, "score", self._decision_score(table))
+            table.insert(at + 1, "is_anomaly", table["score"] >= self.threshold)
+            table.insert(at + 2, "normalized_score", self.normalized_scores(table["score"].to_numpy()))
         return (table, maps) if heatmaps else table
 
-    def decision_function(self, images: np.ndarray) -> np.ndarray:
+    def decision_function(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
         """The decision score per image: higher = more anomalous (PyOD's convention)."""
-        return self.score_table(images)["score"].to_numpy()
+        return self.score_table(images, nuisance=nuisance)["score"].to_numpy()
 
-    def score_samples(self, images: np.ndarray) -> np.ndarray:
+    def score_samples(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
         """The same as :meth:`decision_function` (higher = more anomalous)."""
-        return self.decision_function(images)
+        return self.decision_function(images, nuisance)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
         """1 where an image is called anomalous at the calibrated threshold, else 0 (int)."""
-        return self.score_table(images)["is_anomaly"].to_numpy().astype(int)
+        return self.score_table(images, nuisance=nuisance)["is_anomaly"].to_numpy().astype(int)
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
         """N×2 [normal, anomalous]: the score normalised to [0, 1] with the threshold at 0.5
         (see :meth:`normalized_scores`); not a calibrated probability."""
-        p = self.score_table(images)["normalized_score"].to_numpy(dtype=np.float64)
+        p = self.score_table(images, nuisance=nuisance)["normalized_score"].to_numpy(dtype=np.float64)
         return np.stack([1.0 - p, p], axis=1)
 
     @property
@@ -253,10 +302,10 @@ class Detector:
         self.__init__(**{**self._params, **params})
         return self
 
-    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+    def heatmaps(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
         """The per-pixel map behind the score kind (the anomaly head's for head_max and fused),
         N×H×W at the model's image size."""
-        return self.score_table(images, heatmaps=True)[1]
+        return self.score_table(images, heatmaps=True, nuisance=nuisance)[1]
 
     @torch.no_grad()
     def latents(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -281,6 +330,7 @@ class Detector:
             "brightness_spread": self.brightness_spread,
             "val_auroc_interval": self.val_auroc_interval, "kind_choice": self.kind_choice, "fusion": self.fusion,
             "best_epoch": self.best_epoch, "score_range": self.score_range,
+            "nuisance": self.nuisance, "nuisance_range": self.nuisance_range,
         }
 
     def save(self, run_dir: str | Path) -> Path:
@@ -301,7 +351,9 @@ class Detector:
         state = load_weights(path, map_location=device)
         meta = state["meta"]
         det = cls(ModelConfig(**meta["model"]), image_size=meta["image_size"], channels=meta["channels"],
-                  train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]))
+                  train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]),
+                  nuisance=meta.get("nuisance", BRIGHTNESS))
+        det.nuisance_range = tuple(meta["nuisance_range"]) if meta.get("nuisance_range") else None
         det.model = build_model(det.model_config, det.channels, det.image_size)
         det.model.load_state_dict(state["state_dict"])
         det.model.to(device).eval()

@@ -6,6 +6,9 @@ score vs brightness) and pixel AUROC from heatmaps and defect masks.
     plots = plot_data(table)                                      # {"roc": [...], "pr": [...], ...}
     pixel_auroc(heatmaps, resize_masks(masks, heatmaps.shape[-1]))
 
+With a ``nuisance`` column (a recorded factor, ``data.nuisance``), ``auroc_by_nuisance`` and
+``nuisance_spearman_normal`` give the same per quintile of that factor.
+
 Quintiles: ``auroc_by_brightness`` / ``auprc_by_brightness`` bin *all* labelled images
 by brightness (0 = darkest); ``fpr_darkest`` is the false-positive rate at the threshold
 on the darkest fifth of the *normal* images (the inspectors' false alarms under poor light).
@@ -146,6 +149,13 @@ def evaluate_scores(table: pd.DataFrame, score_column: str = "score", threshold:
         metrics["brightness_spearman_normal"] = _finite(spearmanr(normal["brightness"], normal[score_column]).statistic)
     else:
         metrics["brightness_spearman_normal"] = None
+    if "nuisance" in known.columns:  # a recorded nuisance factor (data.nuisance): the same, per its quintile
+        bins = brightness_bins(known["nuisance"], n_bins).to_numpy()
+        metrics["auroc_by_nuisance"] = [_auroc(labels[bins == b], scores[bins == b]) for b in range(n_bins)]
+        values = normal["nuisance"]
+        metrics["nuisance_spearman_normal"] = (
+            _finite(spearmanr(values, normal[score_column]).statistic)
+            if len(normal) >= 3 and values.nunique() > 1 and normal[score_column].nunique() > 1 else None)
     return metrics
 
 

@@ -89,6 +89,10 @@ def export_onnx(detector, path: str | Path, opset: int = OPSET) -> Path:
 
     if detector.model is None or detector.score_kind is None or detector.threshold is None:
         raise ExportError("only a fitted and calibrated detector can be exported: fit() it, or load a trained one")
+    if getattr(detector, "nuisance", "brightness") != "brightness":
+        raise ExportError(f"this detector's nuisance factor is the recorded '{detector.nuisance}', an input the "
+                          f"ONNX graph does not take: only brightness models are exported (score it with danvae "
+                          f"score or the MLflow model)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = detector.model.to("cpu")

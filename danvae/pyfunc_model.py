@@ -28,7 +28,9 @@ class DetectorModel(PythonModel):
         from danvae.serving import predict_frame
 
         try:
-            return predict_frame(self.detector, model_input, self.max_pixels, self.max_batch)
+            nuisance = (params or {}).get("nuisance")  # a recorded nuisance factor, one value per image
+            return predict_frame(self.detector, model_input, self.max_pixels, self.max_batch,
+                                 nuisance=nuisance if nuisance is not None and len(nuisance) else None)
         except ValueError as exc:  # the request's fault: HTTP 400 with the reason, not a 500
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 

@@ -380,21 +380,23 @@ def _metrics(table: pd.DataFrame, labels: np.ndarray, score_kind: str | None, th
     return out
 
 
-def gate_metrics(detector, images: Any, labels: np.ndarray) -> dict[str, Any]:
-    """AUROC overall and per brightness quintile (and friends) of ``detector`` on ``images``."""
+def gate_metrics(detector, images: Any, labels: np.ndarray, nuisance: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC overall and per brightness quintile (and friends) of ``detector`` on ``images``
+    (``nuisance``: the per-image factor, for a detector trained on a recorded one)."""
     from danvae.serving import model_batch
 
-    table = detector.score_table(model_batch(detector, images))
+    table = detector.score_table(model_batch(detector, images), nuisance=nuisance)
     return _metrics(table, np.asarray(labels, dtype=bool), detector.score_kind, detector.threshold, "this checkout")
 
 
-def model_gate_metrics(model_uri: str, images: Any, labels: np.ndarray) -> dict[str, Any]:
+def model_gate_metrics(model_uri: str, images: Any, labels: np.ndarray, nuisance: np.ndarray | None = None
+                       ) -> dict[str, Any]:
     """:func:`gate_metrics` of a registered model: in this process when this code can load it,
     else with the model's own code in a fresh process (a champion saved by an older danvae)."""
     import mlflow
 
     try:
-        return gate_metrics(load_detector(model_uri), images, labels)
+        return gate_metrics(load_detector(model_uri), images, labels, nuisance)
     except IncompatibleModelError:
         meta = (mlflow.models.get_model_info(model_uri).metadata or {}).get("danvae", {})
         table = score_with_model_code(model_uri, images)
@@ -507,7 +509,7 @@ def _complete_decision(client, name: str, mv) -> str | None:
 def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
             auroc_tolerance: float = DEFAULT_AUROC_TOLERANCE, dark_tolerance: float = DEFAULT_DARK_TOLERANCE,
             validation_passed: bool | None = True, min_auroc: float = DEFAULT_MIN_AUROC, force: bool = False,
-            reason: str | None = None) -> PromotionDecision:
+            reason: str | None = None, nuisance: Any = None) -> PromotionDecision:
     """Gate version ``version`` of ``name`` against the current champion on ``images`` /
     ``labels`` (bool, True = anomaly) and move ``champion`` to it when it passes.
 
@@ -516,7 +518,8 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
     list of H×W×C arrays); each model resizes them as its training did. ``min_auroc`` is the
     floor for a first champion. ``validation_passed`` None: no validation report was given
     (recorded as "not checked", not judged). ``force=True`` promotes whatever the gate says and needs a
-    non-empty ``reason``, recorded as a tag. The champion alias moves after the gate's
+    non-empty ``reason``, recorded as a tag. ``nuisance``: each image's recorded nuisance factor,
+    for models trained on one (``data.nuisance``). The champion alias moves after the gate's
     figures are tagged and before ``gate.decision`` is; rerunning after a failure is safe.
     """
     if force and not (reason or "").strip():
@@ -539,11 +542,11 @@ def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
                                      + (f" (its '{completed}' decision tag, lost in a crash, is written now)"
                                         if completed else ""), name, version, "unchanged", champion_version)
         step = f"scoring version {version} on the gate images"
-        ch = model_gate_metrics(f"models:/{name}/{version}", images, labels)
+        ch = model_gate_metrics(f"models:/{name}/{version}", images, labels, nuisance)
         champ = None
         if champion is not None:
             step = f"scoring champion version {champion_version} on the gate images"
-            champ = model_gate_metrics(f"models:/{name}/{champion_version}", images, labels)
+            champ = model_gate_metrics(f"models:/{name}/{champion_version}", images, labels, nuisance)
         passes, gate_reason = _judge(ch, champ, champion_version, auroc_tolerance=auroc_tolerance,
                                      dark_tolerance=dark_tolerance, validation_passed=validation_passed,
                                      min_auroc=min_auroc)

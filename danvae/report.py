@@ -6,8 +6,10 @@
 
 Written under ``out_dir``:
 
-* ``metrics.json``: numbers (``None`` where undefined) at the top level, per-quintile
-  lists and one nested dict of numbers (``auroc_by_score``), for ``dvc metrics show``;
+* ``metrics.json``: the headline numbers (:data:`HEADLINE_KEYS`, 4 decimals, ``None`` where
+  undefined), one flat row that ``dvc metrics show`` can print in a terminal;
+* ``metrics_full.json``: every number: the headline, per-quintile lists, mutual information
+  and one nested dict of numbers (``auroc_by_score``);
 * ``plots/roc.json`` (x ``fpr``, y ``tpr``), ``plots/pr.json`` (x ``recall``, y ``precision``),
   ``plots/auroc_by_brightness.json`` (x ``bin``, y ``auroc``), ``plots/score_vs_brightness.json``
   (x ``brightness``, y ``score``): JSON lists of row dicts, for ``dvc plots show``;
@@ -50,6 +52,11 @@ METRIC_KEYS = (
     "auprc_by_brightness", "brightness_spearman_normal", "pixel_auroc", "r2_zy", "r2_zx",
     "mi_zy_max", "mi_zy_mean", "mi_zx_max", "mi_zx_mean", "auroc_by_score",
 )
+# what `dvc metrics show` prints: enough to judge a run, few enough to fit a terminal
+HEADLINE_KEYS = (
+    "n_images", "n_anomalies", "auroc", "auroc_low", "auroc_high", "auroc_darkest", "auprc", "f1", "recall",
+    "fpr", "fpr_darkest", "pixel_auroc", "brightness_spearman_normal", "r2_zx", "r2_zy",
+)
 N_EXAMPLES = 6
 N_TRAVERSAL = 4
 
@@ -67,6 +74,12 @@ def _clean(value):
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+def headline(metrics: dict) -> dict:
+    """The :data:`HEADLINE_KEYS` of ``metrics``, rounded to 4 decimals."""
+    shown = {k: metrics[k] for k in HEADLINE_KEYS if k in metrics}
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}
 
 
 def _write_json(path: Path, data) -> Path:
@@ -91,7 +104,8 @@ def _scored_table(detector, images: np.ndarray, test_table: pd.DataFrame, heatma
                                   f"{images.shape[1]}×{images.shape[2]} px")
         if complete:
             return table, heatmaps
-    scored, heatmaps = detector.score_table(images, heatmaps=True)
+    nuisance = table["nuisance"].to_numpy(dtype=float) if "nuisance" in table else None
+    scored, heatmaps = detector.score_table(images, heatmaps=True, nuisance=nuisance)
     for column in ("brightness", "score", "is_anomaly", *SCORE_COLUMNS):
         if column not in table and column in scored:
             table[column] = scored[column].to_numpy()
@@ -180,6 +194,12 @@ def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], fig
     for r in quintiles:
         lines.append(f"| {r['bin']} | {r['brightness_min']:.3f}–{r['brightness_max']:.3f} | {r['n']} | "
                      f"{r['n_anomalies']} | {_markdown_value(r['auroc'])} | {_markdown_value(r['auprc'])} |")
+    if metrics.get("auroc_by_nuisance"):
+        name = getattr(detector, "nuisance", "nuisance")
+        lines += ["", f"## Per {name} quintile (the nuisance factor, data.nuisance)", "",
+                  f"ρ(score, {name}) among normals: {_markdown_value(metrics.get('nuisance_spearman_normal'))}", "",
+                  "| bin | AUROC |", "|---|---|"]
+        lines += [f"| {b} | {_markdown_value(v)} |" for b, v in enumerate(metrics["auroc_by_nuisance"])]
     if metrics.get("auroc_by_score"):
         lines += ["", "## AUROC per score kind", "", "| score | AUROC |", "|---|---|"]
         for k, v in metrics["auroc_by_score"].items():
@@ -248,7 +268,8 @@ def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
         train_brightness=None if train_brightness is None else np.asarray(train_brightness, float)))
     metrics = {k: metrics.get(k) for k in METRIC_KEYS} | {k: v for k, v in metrics.items() if k not in METRIC_KEYS}
     metrics = _clean(metrics)
-    files.append(_write_json(out / "metrics.json", metrics))
+    files.append(_write_json(out / "metrics_full.json", metrics))
+    files.append(_write_json(out / "metrics.json", headline(metrics)))
 
     plots = plot_data(table, "score")
     for name in PLOTS:

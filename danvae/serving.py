@@ -152,11 +152,12 @@ def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_b
                                                           detector.channels), np.uint8)
 
 
-def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None
-                  ) -> pd.DataFrame:
-    """One row per image: brightness, score, is_anomaly and every score kind (float64 / bool)."""
+def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None,
+                  nuisance: Any = None) -> pd.DataFrame:
+    """One row per image: brightness, score, is_anomaly and every score kind (float64 / bool).
+    ``nuisance``: one value per image, for a detector trained on a recorded factor."""
     images = model_batch(detector, model_input, max_pixels, max_batch)
-    table = detector.score_table(images)
+    table = detector.score_table(images, nuisance=None if nuisance is None else np.asarray(nuisance, np.float64))
     out = pd.DataFrame({c: table[c].to_numpy(dtype=np.float64) for c in OUTPUT_COLUMNS if c != "is_anomaly"})
     out.insert(2, "is_anomaly", table["is_anomaly"].to_numpy(dtype=bool))
     return out[list(OUTPUT_COLUMNS)]
@@ -166,11 +167,13 @@ def signature():
     """Input: one tensor of any shape and dtype, checked by :func:`model_batch` (a typed spec would
     let MLflow's server cast JSON floats to uint8 before the model sees them); output: the score columns."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     inputs = Schema([TensorSpec(np.dtype(object), (-1,))])
     outputs = Schema([ColSpec("boolean" if c == "is_anomaly" else "double", c) for c in OUTPUT_COLUMNS])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    # the per-image nuisance factor of a model trained on a recorded one (data.nuisance); empty otherwise
+    params = ParamSchema([ParamSpec("nuisance", "double", [], (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def example_images(detector, n: int = 2, size: int = 24, seed: int = 0) -> np.ndarray:
@@ -213,6 +216,8 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
         configure_tracking()
         mlflow.set_experiment(experiment_id=get_or_create_experiment(DEFAULT_EXPERIMENT))
     example = example_images(detector) if input_example is None else np.asarray(input_example)
+    if detector.nuisance != "brightness":  # such a model needs the factor per image: the example gives it
+        example = (example, {"nuisance": [float(np.mean(detector.nuisance_range))] * len(example)})
     meta = detector.metadata()
     with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():
         staged = Path(tmp)
@@ -233,7 +238,7 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
             metadata={"danvae": {"model": meta["model"]["name"], "image_size": meta["image_size"],
                                  "channels": meta["channels"], "score_kind": meta["score_kind"],
                                  "threshold": meta["threshold"], "threshold_method": meta["threshold_method"],
-                                 "output_columns": list(OUTPUT_COLUMNS)}},
+                                 "nuisance": meta["nuisance"], "output_columns": list(OUTPUT_COLUMNS)}},
         )
     info.danvae_model_sha256 = sha256  # register with tags={MODEL_SHA256_TAG: it}; scorers verify it
     if registered_model_name:

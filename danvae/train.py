@@ -59,13 +59,16 @@ class TrainingData:
     anomaly: torch.Tensor
     masks: torch.Tensor | None = None  # N×H×W bool defect masks of labelled anomalies
     has_mask: torch.Tensor | None = None  # N bool: the image's mask is known
+    y_measured: bool = True  # y is the image's brightness (crops and relit images are measured anew)
 
     @classmethod
     def from_arrays(cls, images_nhwc: np.ndarray, y: np.ndarray, anomaly: np.ndarray,
                     sup_ratio: float = 1.0, seed: int = 0, y_known: np.ndarray | None = None,
-                    masks: np.ndarray | None = None, has_mask: np.ndarray | None = None) -> "TrainingData":
+                    masks: np.ndarray | None = None, has_mask: np.ndarray | None = None,
+                    y_measured: bool = True) -> "TrainingData":
         """Pack arrays; ``sup_ratio`` of the images (chosen by seed) keep their nuisance label.
-        ``masks`` (N×H×W bool) with ``has_mask`` give the defect pixels of labelled anomalies."""
+        ``masks`` (N×H×W bool) with ``has_mask`` give the defect pixels of labelled anomalies.
+        ``y_measured``: ``y`` is the brightness; False for a recorded factor (exposure, camera)."""
         n = len(images_nhwc)
         if y_known is None:
             rng = np.random.default_rng(seed)
@@ -79,7 +82,7 @@ class TrainingData:
             known = np.ones(n, bool) if has_mask is None else np.asarray(has_mask, bool)
             has_mask_t = torch.tensor(known, dtype=torch.bool) & anomaly_t
         return cls(images, torch.tensor(np.asarray(y), dtype=torch.float32),
-                   torch.tensor(np.asarray(y_known), dtype=torch.bool), anomaly_t, masks_t, has_mask_t)
+                   torch.tensor(np.asarray(y_known), dtype=torch.bool), anomaly_t, masks_t, has_mask_t, y_measured)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -174,6 +177,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
         self.on_epoch_end = on_epoch_end
+        self.y_measured = True  # set from the data each epoch (TrainingData.y_measured)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.best_epoch: int | None = None  # 1-based epoch whose weights were kept (keep_best)
@@ -213,7 +217,8 @@ class Trainer:
         batch.x = torch.stack([batch.x[i, :, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
         if batch.mask is not None:
             batch.mask = torch.stack([batch.mask[i, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
-        batch.y = image_brightness(batch.x)  # the crop's own brightness: the label is a measurement
+        if self.y_measured:
+            batch.y = image_brightness(batch.x)  # the crop's own brightness: the label is a measurement
         return batch
 
     def _crop_around_defects(self, batch: Batch, gen: torch.Generator) -> Batch:
@@ -229,7 +234,8 @@ class Trainer:
         return self._crop(batch, top, left)
 
     def _relight(self, batch: Batch, gen: torch.Generator, share: float) -> Batch:
-        """Relight a ``share`` of the batch; each relit image's brightness label is measured anew."""
+        """Relight a ``share`` of the batch; each relit image's brightness label is measured anew
+        (a recorded factor, such as an exposure, no longer describes a relit image: its label is dropped)."""
         if share == 0:
             return batch
         light = self.cfg.lighting
@@ -237,7 +243,10 @@ class Trainer:
         if relit.any():
             x = batch.x.clone()
             x[relit] = relight(x[relit], gen, light.gain, light.gamma, light.gradient, light.noise)
-            batch.x, batch.y = x, torch.where(relit, image_brightness(x), batch.y)
+            if self.y_measured:
+                batch.x, batch.y = x, torch.where(relit, image_brightness(x), batch.y)
+            else:
+                batch.x, batch.y_known = x, batch.y_known & ~relit
         return batch
 
     def _augment_normals(self, batch: Batch, gen: torch.Generator) -> Batch:
@@ -287,6 +296,7 @@ class Trainer:
 
     def run_epoch(self, data: TrainingData, epoch: int) -> dict[str, float]:
         cfg = self.cfg
+        self.y_measured = data.y_measured
         seed = _epoch_seed(cfg.seed, epoch)
         world = self.world
         # one process: one stream for the order and the augmentations (as always). Several: the

@@ -17,9 +17,10 @@ copies of the repository; so that their MLflow runs are not lost with those copi
 ``gather`` reads ``dvc exp show --json`` and writes ``<out>/sweep.csv`` and
 ``<out>/sweep.md``: model, zx_dim, ratio, overall AUROC, darkest-quintile AUROC,
 Spearman correlation of the score with brightness on normal test images, R²(z_y), R²(z_x).
-Where a grid point ran more than once, the newest experiment counts. DVC records an
-experiment's metrics only if git may track ``reports/metrics.json``; where it is git-ignored
-``gather`` falls back to the MLflow runs the experiments logged (``--source`` chooses).
+Where a grid point ran more than once, the newest experiment counts. ``dvc exp show`` reads
+``reports/metrics.json`` from DVC's cache; where an experiment's metrics cannot be read (a
+``cache: false`` metrics file that git ignores, a cache that lacks it) ``gather`` falls back
+to the MLflow runs the experiments logged (``--source`` chooses).
 
 The table functions (:func:`rows_from_exp_show`, :func:`gather_table`, :func:`to_markdown`)
 are pure and need only pandas. This file imports nothing from the project, so it also
@@ -344,9 +345,9 @@ def mlflow_runs(repo: Path) -> pd.DataFrame:
 def collect_rows(repo: Path, source: str = "auto", all_commits: bool = False) -> tuple[list[dict[str, Any]], str]:
     """The rows and where they came from. ``auto``: DVC experiments, else MLflow runs.
 
-    DVC keeps an experiment's metrics only if git may track them: with ``reports/`` or
-    ``models/train_metrics.json`` git-ignored (``cache: false`` outputs), ``dvc exp show``
-    lists the experiments without metrics, and the MLflow runs they logged are the record.
+    DVC cannot show an experiment's metrics it has no copy of (a ``cache: false`` metrics file
+    that git ignores, a cache without it): ``dvc exp show`` then lists the experiments without
+    metrics, and the MLflow runs they logged are the record.
     """
     if source in ("auto", "dvc"):
         show = exp_show(repo, all_commits)
@@ -355,7 +356,7 @@ def collect_rows(repo: Path, source: str = "auto", all_commits: bool = False) ->
             return rows, "dvc"
         n_exps = sum(len(b.get("experiments") or []) for b in show)
         print(f"sweep: {n_exps} DVC experiment(s) but none with {METRICS_FILE} in its commit "
-              f"(is it git-ignored? DVC commits cache: false metrics only when git may track them); "
+              f"(a git-ignored cache: false file, or a cache without it?); "
               f"reading the MLflow runs instead", file=sys.stderr)
     return rows_from_mlflow(mlflow_runs(repo)), "mlflow"
 

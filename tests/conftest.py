@@ -25,3 +25,26 @@ def easy_surfaces(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("surfaces")
     generate_surfaces(out, n_normal=160, n_anomaly=24, size=32, dark_share=0.25, seed=1, difficulty="easy")
     return out
+
+
+@pytest.fixture(scope="session")
+def lighting_run(tmp_path_factory):
+    """A tiny detector whose nuisance factor is the recorded ``lighting`` column of the generated
+    folder's nuisance.csv (not the measured brightness), with the images and values it saw."""
+    from types import SimpleNamespace
+
+    from danvae import Detector
+    from danvae.config import TrainConfig
+    from danvae.data.folders import discover, pack
+    from danvae.data.nuisance import nuisance_values
+    from danvae.data.synthetic import generate_surfaces
+
+    folder = tmp_path_factory.mktemp("lighting")
+    truth = generate_surfaces(folder, n_normal=80, n_anomaly=20, size=32, dark_share=0.3, seed=3)
+    packed = pack(discover(folder), 32)
+    lighting = nuisance_values(packed.table, "lighting")
+    is_anomaly = (packed.table["label"] == "anomaly").to_numpy()
+    det = Detector("danvae", image_size=32, train=TrainConfig(epochs=2, warmup_epochs=1), nuisance="lighting")
+    det.fit(packed.images, is_anomaly, nuisance=lighting, progress=False)
+    return SimpleNamespace(detector=det, folder=folder, truth=truth, images=packed.images, table=packed.table,
+                           lighting=lighting, is_anomaly=is_anomaly)

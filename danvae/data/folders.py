@@ -9,6 +9,10 @@ Layouts (:attr:`Scan.layout`), tried in this order:
   recognised by ``train/good/`` or ``test/good/``, or ``test/`` beside ``ground_truth/``;
 - ``"flat"``: any other folder is a flat folder of unknowns.
 
+A usable ``nuisance.csv`` at the top of ``DIR`` gives per-image numbers (exposure, camera
+id, …): the listing then has an ``info`` column, each image's numbers as JSON ("" where the
+file lists none; see :mod:`danvae.data.nuisance`).
+
 Masks are never taken for images: not ``DIR/masks/`` or ``DIR/ground_truth/``, nor, in a
 flat walk, a ``masks/`` next to a ``ground_truth.csv`` (the synthetic generator's) or a
 ``ground_truth/`` next to a ``test/`` (an MVTec AD category inside the folder).
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from danvae.data.nuisance import INFO_COLUMN, read_nuisance_file
 from danvae.images import IMAGE_SUFFIXES, ImageError, brightness, read_image
 
 # Picture formats ingest does not read: quarantined with a reason rather than silently skipped.
@@ -40,7 +45,7 @@ MASKS_DIR = "masks"
 MVTEC_MASKS_DIR = "ground_truth"
 MVTEC_NORMAL = "good"
 MVTEC_SPLITS = ("train", "test")
-FOUND_COLUMNS = ["path", "label", "defect"]
+FOUND_COLUMNS = ["path", "label", "defect"]  # and INFO_COLUMN where the folder has a nuisance.csv
 
 
 class DataError(ValueError):
@@ -171,6 +176,10 @@ def scan(data_dir: str | Path) -> Scan:
     if layout == "flat":
         rows = [{"path": str(p), "label": "unknown", "defect": ""} for p in _walk(root, root_real, {MASKS_DIR}, problems)]
     found = pd.DataFrame(rows, columns=FOUND_COLUMNS) if rows else empty
+    info, info_problems = read_nuisance_file(root)
+    problems += info_problems
+    if info:
+        found[INFO_COLUMN] = [info.get(p, "") for p in found["path"]]
     return Scan(root, found, problems, layout=layout)
 
 

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from danvae.config import FolderSource, SplitShares, SyntheticSource
 from danvae.data.folders import DataError, scan
 from danvae.data.masks import MaskError, check_mask, find_masks
+from danvae.data.nuisance import INFO_COLUMN
 from danvae.data.splits import split_of_many
 from danvae.images import ImageError, brightness, decode_image, read_file_bytes
 from danvae.process import pid_alive
@@ -60,7 +61,7 @@ from danvae.process import pid_alive
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "path", "source", "label", "defect", "brightness", "width", "height", "channels",
-                    "resized", "split", "batch", "ingested_at", "row", "stored_path", "mask_path"]
+                    "resized", "split", "batch", "ingested_at", "row", "stored_path", "mask_path", INFO_COLUMN]
 _DTYPES = {"brightness": "float64", "width": "int64", "height": "int64", "channels": "int64",
            "resized": "bool", "row": "int64"}  # every other column is text
 QUARANTINE_COLUMNS = ["path", "reason", "batch", "seen_at", "file_mtime"]
@@ -269,6 +270,8 @@ def load_manifest(out_dir: str | Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 — a corrupt manifest is named, not dumped as a traceback
         raise DataError(f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it (dvc checkout) "
                         f"or delete {out_dir} to ingest afresh") from None
+    if INFO_COLUMN not in df.columns:  # a manifest written before nuisance.csv was read
+        df[INFO_COLUMN] = ""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path} lacks columns {missing}; it was written by another version, delete it to re-ingest")
@@ -409,7 +412,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
     # 1. list candidates per source
     store_real = os.path.realpath(out_dir / STORE) + os.sep
     jobs: list[tuple[str, str]] = []
-    meta: list[tuple[str, str, str, str]] = []  # source, path, label, defect
+    meta: list[tuple[str, str, str, str, str]] = []  # source, path, label, defect, info
     for name, folder in folders:
         found = scan(folder)
         if found.error:
@@ -422,11 +425,13 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
             quarantine.append((str(folder), EMPTY_SOURCE))
             continue
         masks = find_masks(found)
-        for (path, label, defect), mask in zip(found.found[["path", "label", "defect"]].itertuples(index=False), masks):
+        listing = found.found if INFO_COLUMN in found.found else found.found.assign(**{INFO_COLUMN: ""})
+        listed = listing[["path", "label", "defect", INFO_COLUMN]].itertuples(index=False)
+        for (path, label, defect, info), mask in zip(listed, masks):
             if os.path.realpath(path).startswith(store_real):
                 continue  # our own store, reached through a source that contains out_dir
             jobs.append((path, mask))
-            meta.append((str(name), path, label, defect))
+            meta.append((str(name), path, label, defect, info))
 
     # 2. read, hash, decode, store (in workers)
     known_path = dict(zip(manifest["id"], manifest["path"]))
@@ -435,7 +440,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
 
     # 3. decide, in listing order (so the outcome does not depend on worker timing)
     rows, arrays, dups, unchanged = [], [], [], 0
-    for (source, path, label, defect), (_, mask), res in zip(meta, jobs, results):
+    for (source, path, label, defect, info), (_, mask), res in zip(meta, jobs, results):
         if res[0] == "bad":
             quarantine.append((path, res[1]))
             continue
@@ -454,7 +459,7 @@ def ingest(folders: Iterable[tuple[str, str | Path]], out_dir: str | Path, image
         known_path[digest], known_label[digest] = path, f"{label}/{defect}"
         rows.append(dict(id=digest, path=path, source=source, label=label, defect=defect, width=width,
                          height=height, channels=chans, resized=resized, batch=batch, ingested_at=stamp,
-                         row=len(manifest) + len(rows), stored_path=stored, mask_path=mask_rel))
+                         row=len(manifest) + len(rows), stored_path=stored, mask_path=mask_rel, info=info))
         arrays.append(arr)
 
     # 4. assemble and write: images first, manifest last (rows are append-only)

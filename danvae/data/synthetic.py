@@ -10,8 +10,9 @@ rare share dark. Deterministic per seed, numpy + PIL only, no downloads.
     print(gt.groupby("label").brightness.describe())
 
 Layout written: ``normal/<material>/<id>.png``, ``anomaly/<defect>/<id>.png``,
-``masks/<defect>/<id>.png`` (0/255, L mode) and ``ground_truth.csv`` with columns
-``file,label,defect,material,lighting,brightness``.
+``masks/<defect>/<id>.png`` (0/255, L mode), ``ground_truth.csv`` with columns
+``file,label,defect,material,lighting,brightness``, and ``nuisance.csv`` (``path,lighting``:
+the lighting level as a per-image factor, see :mod:`danvae.data.nuisance`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
+from danvae.data.nuisance import NUISANCE_FILE
 from danvae.images import brightness
 
 __all__ = [
@@ -387,4 +389,6 @@ def generate_surfaces(
     table = pd.DataFrame(rows, columns=columns)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ground_truth.csv", index=False)
+    # the lighting level as a recorded per-image factor (data.nuisance: lighting), as a camera log would give it
+    table[["file", "lighting"]].rename(columns={"file": "path"}).to_csv(out / NUISANCE_FILE, index=False)
     return table

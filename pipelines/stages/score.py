@@ -10,6 +10,7 @@ import pandas as pd
 from danvae.config import Params
 from danvae.dask_scoring import score_anywhere
 from danvae.data.ingest import load_images, load_manifest
+from danvae.data.nuisance import BRIGHTNESS, nuisance_values
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
 from danvae.tracking import configure_tracking, log_to_run
@@ -33,10 +34,13 @@ def main(params: Params) -> None:
     score = functools.partial(score_anywhere, detector, MODEL_DIR, workers=params.dask.workers,
                               address=params.dask.address)
     # heatmaps are kept for the test set only (the evaluate stage's pixel AUROC and figures)
-    test_table, maps = score(images[rows[in_test]], heatmaps=True)
+    factor = nuisance_values(manifest, params.data.nuisance) if params.data.nuisance != BRIGHTNESS else None
+    test_table, maps = score(images[rows[in_test]], heatmaps=True,
+                             nuisance=None if factor is None else factor[in_test])
     parts = [test_table.set_index(np.flatnonzero(in_test))]
     if (~in_test).any():
-        parts.append(score(images[rows[~in_test]], heatmaps=False)[0].set_index(np.flatnonzero(~in_test)))
+        rest = score(images[rows[~in_test]], heatmaps=False, nuisance=None if factor is None else factor[~in_test])
+        parts.append(rest[0].set_index(np.flatnonzero(~in_test)))
     out = meta.join(pd.concat(parts).sort_index())
     SCORES.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(SCORES, index=False)

@@ -11,6 +11,7 @@ from danvae.config import Params
 from danvae.data.folders import DataError
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.masks import has_mask, load_masks
+from danvae.data.nuisance import BRIGHTNESS, nuisance_values
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.distributed import launch, requested_world
@@ -28,7 +29,8 @@ def checkpoint_dir(params: Params, manifest_ids: list[str]) -> Path:
     """Outside DVC's outputs (which DVC deletes before a rerun), keyed by what the run depends on,
     so an interrupted `dvc repro` resumes from its last epoch and a changed run starts afresh."""
     key = json.dumps([params.model.model_dump(), params.train.model_dump(), params.data.image_size,
-                      params.data.channels, params.data.train_anomaly_ratio, sorted(manifest_ids)], sort_keys=True)
+                      params.data.channels, params.data.train_anomaly_ratio, sorted(manifest_ids)]
+                     + ([params.data.nuisance] if params.data.nuisance != BRIGHTNESS else []), sort_keys=True)
     return Path(".cache/checkpoints") / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -56,10 +58,13 @@ def main(params: Params) -> None:
     if val.empty:
         raise DataError("no labelled images in the validation split to calibrate the threshold on")
     detector = Detector(params.model, image_size=params.data.image_size, channels=params.data.channels,
-                        train=params.train, score=params.score)
+                        train=params.train, score=params.score, nuisance=params.data.nuisance)
     fit = dict(val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
                run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
                masks=load_masks(DATA, train, params.data.image_size), has_mask=has_mask(train))
+    if params.data.nuisance != BRIGHTNESS:  # a recorded factor: its values come from the manifest
+        fit.update(nuisance=nuisance_values(train, params.data.nuisance),
+                   val_nuisance=nuisance_values(val, params.data.nuisance))
     if not world.is_main:  # another DDP rank: it trains in step with rank 0, which tracks, saves and registers
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(), progress=False, **fit)
         return

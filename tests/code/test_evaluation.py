@@ -25,7 +25,7 @@ from danvae.disentanglement import (NoNuisanceLatent, brightness_line, held_out_
 from danvae.evaluate import (EvaluationError, evaluate_scores, load_masks, pixel_auroc, pr_points,  # noqa: E402
                              resize_masks, roc_points)
 from danvae.images import brightness  # noqa: E402
-from danvae.report import FIGURES, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
+from danvae.report import FIGURES, HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
 
 SIZE = 32
 TRAIN = TrainConfig(epochs=25, warmup_epochs=6, batch_size=32, seed=0)
@@ -72,7 +72,7 @@ def danvae_run(danvae_model, surfaces, tmp_path_factory):
 # ---- the whole run -----------------------------------------------------------------
 def test_every_metric_key_present_and_in_range(danvae_run):
     out, result = danvae_run
-    metrics = _strict_json(out / "metrics.json")
+    metrics = _strict_json(out / "metrics_full.json")
     assert metrics == result["metrics"]
     assert set(METRIC_KEYS) <= set(metrics)
     for key in ("auroc", "auprc", "f1", "precision", "recall", "fpr", "fpr_darkest", "auroc_darkest",
@@ -93,6 +93,15 @@ def test_every_metric_key_present_and_in_range(danvae_run):
     for key, value in metrics.items():
         values = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
         assert all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in values), key
+
+
+def test_metrics_json_holds_the_headline_rounded(danvae_run):
+    out, result = danvae_run
+    shown = _strict_json(out / "metrics.json")
+    assert list(shown) == [k for k in HEADLINE_KEYS if k in result["metrics"]] and "auroc_darkest" in shown
+    for key, value in shown.items():
+        full = result["metrics"][key]
+        assert value == (round(full, 4) if isinstance(full, float) else full), key
 
 
 def test_z_y_carries_brightness_for_the_trained_danvae(danvae_run):

@@ -320,3 +320,22 @@ def test_export_logs_the_onnx_file_to_the_registered_version(sqlite_default, tra
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()  # relative to the scores' scale, as parity()
     assert main(["export", "--model", f"models:/{MODEL_NAME}/99", "--out", str(tmp_path / "x.onnx"),
                  "--log-to-mlflow"]) == 2
+
+
+def test_the_pyfunc_of_a_recorded_nuisance_model_takes_the_factor_as_a_param(sqlite_default, lighting_run):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from danvae.serving import OUTPUT_COLUMNS, log_detector
+
+    det, images, lighting = lighting_run.detector, lighting_run.images[:8], lighting_run.lighting[:8]
+    with mlflow.start_run(run_name="lighting-nuisance"):
+        info = log_detector(det)
+    assert info.metadata["danvae"]["nuisance"] == "lighting"
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    got = model.predict(images, params={"nuisance": lighting.tolist()})
+    want = det.score_table(images, nuisance=lighting)
+    np.testing.assert_allclose(got["score"], want["score"])
+    assert list(got.columns) == list(OUTPUT_COLUMNS)
+    with pytest.raises(MlflowException, match="'lighting'"):
+        model.predict(images)

@@ -6,6 +6,8 @@ import re
 import sys
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
@@ -23,8 +25,13 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert 0.0 <= metrics["auroc"] <= 1.0
     assert (tiny_repo.path / "models/detector/detector.pt").exists()
     assert (tiny_repo.path / "data/manifest.parquet").exists()
+    # `dvc metrics show` prints one row of headline figures that fits a wide terminal; the rest is in metrics_full
     shown = tiny_repo.dvc("metrics", "show").stdout
-    assert "auroc" in shown
+    rows = [line for line in shown.splitlines() if line.strip()]
+    assert len(rows) == 2 and rows[1].startswith("reports/metrics.json"), shown
+    assert "auroc_darkest" in rows[0] and max(map(len, rows)) <= 250, shown
+    full = json.loads((tiny_repo.path / "reports/metrics_full.json").read_text())
+    assert len(full["auroc_by_brightness"]) == 5 and full["auroc"] == pytest.approx(metrics["auroc"], abs=5e-5)
     # each plot drawn once (no stage-level duplicate with the default template), the PNG figures as images
     plots = json.loads(tiny_repo.dvc("plots", "show", "--json").stdout)["data"]
     drawn = {name: {r["type"] for r in renders} for name, renders in plots.items()}
@@ -52,12 +59,12 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
 
     store = f"sqlite:///{tiny_repo.path / 'mlflow.db'}"
     record = json.loads((tiny_repo.path / "models/run.json").read_text())
-    assert record["tracking_uri"] == "sqlite:///mlflow.db"  # run.json is committed: no machine's folders in it
+    assert record["tracking_uri"] == "sqlite:///mlflow.db"  # run.json travels (DVC remote): no machine's folders in it
     run = MlflowClient(tracking_uri=store, registry_uri=store).get_run(record["run_id"])
     commit = tiny_repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
     assert run.info.run_name == f"danvae-zx8-r0.1-{commit}", run.info.run_name
-    # what the pipeline itself wrote before training (quarantine.csv, validation.json, ...) is not uncommitted code
-    assert tiny_repo.run("git", "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    # every output is git-ignored (in DVC's cache): git sees the run's record, dvc.lock, and nothing else
+    assert tiny_repo.run("git", "status", "--porcelain").stdout.splitlines() == ["?? dvc.lock"]
     assert run.data.tags["git_dirty"] == "false"
     card = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version("danvae-surface", "1").description
     assert f"manifest md5 `{record['data_version']}`" in card and f"test AUROC {metrics['auroc']:.3f}" in card
@@ -86,12 +93,23 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
     assert ran(again.stdout) == set()
     assert "up to date" in again.stdout.lower()
 
-    tiny_repo.set_params({"train": {"epochs": 3}})
+    # the nuisance factor becomes the generator's recorded lighting (nuisance.csv), not the measured brightness
+    tiny_repo.set_params({"train": {"epochs": 3}, "data": {"nuisance": "lighting"}})
     third = tiny_repo.dvc("repro")
     assert ran(third.stdout) == {"train", "score", "evaluate"}
     rerun = json.loads((tiny_repo.path / "models/run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     assert client.get_run(rerun).data.tags["git_dirty"] == "true"  # params.yaml changed and not committed
+    truth = pd.read_csv(tiny_repo.path / "data/raw/synthetic/ground_truth.csv")
+    lighting = dict(zip("data/raw/synthetic/" + truth["file"], truth["lighting"]))
+    scored = pd.read_csv(tiny_repo.path / "reports/scores.csv")
+    np.testing.assert_allclose(scored["nuisance"], [lighting[p] for p in scored["path"]])
+    full = json.loads((tiny_repo.path / "reports/metrics_full.json").read_text())
+    assert len(full["auroc_by_nuisance"]) == 5 and "nuisance_spearman_normal" in full
+    assert "## Per lighting quintile" in (tiny_repo.path / "reports/report.md").read_text()
+    assert '"nuisance": "lighting"' in (tiny_repo.path / "models/detector/detector.json").read_text()
+    gate = tiny_repo.run(sys.executable, "-m", "pipelines.summary").stdout  # the gate scores with the factor too
+    assert json.loads((tiny_repo.path / "reports/promotion.json").read_text())["version"] == "2", gate
 
     # the score stage on a Dask LocalCluster writes the very same table and heatmaps
     before = (tiny_repo.path / "reports/scores.csv").read_bytes()

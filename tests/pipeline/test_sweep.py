@@ -117,7 +117,7 @@ def test_failed_tasks_parses_dvc_queue_status():
 
 def let_git_track_metrics(repo) -> None:
     """DVC puts an experiment's `cache: false` metrics into its commit only if git may track
-    them; drop the ignore lines that hide them (a no-op once the project stops ignoring them)."""
+    them; drop any ignore lines that would hide such files (a no-op with the project's cached outputs)."""
     path = repo.path / ".gitignore"
     hidden = {"/reports/", "reports/", "/models/train_metrics.json", "/models/run.json"}
     path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if line.strip() not in hidden))
