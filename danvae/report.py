@@ -6,8 +6,8 @@
 
 Written under ``out_dir``:
 
-* ``metrics.json``: the headline numbers (:data:`HEADLINE_KEYS`, 4 decimals, ``None`` where
-  undefined), one flat row that ``dvc metrics show`` can print in a terminal;
+* ``metrics.json``: the headline numbers (:data:`HEADLINE_KEYS`, ``None`` where undefined),
+  one flat row that ``dvc metrics show`` can print in a terminal;
 * ``metrics_full.json``: every number: the headline, per-quintile lists, mutual information
   and one nested dict of numbers (``auroc_by_score``);
 * ``plots/roc.json`` (x ``fpr``, y ``tpr``), ``plots/pr.json`` (x ``recall``, y ``precision``),
@@ -77,9 +77,8 @@ def _clean(value):
 
 
 def headline(metrics: dict) -> dict:
-    """The :data:`HEADLINE_KEYS` of ``metrics``, rounded to 4 decimals."""
-    shown = {k: metrics[k] for k in HEADLINE_KEYS if k in metrics}
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}
+    """The :data:`HEADLINE_KEYS` of ``metrics``, in that order (``dvc metrics show`` rounds them)."""
+    return {k: metrics[k] for k in HEADLINE_KEYS if k in metrics}
 
 
 def _write_json(path: Path, data) -> Path:

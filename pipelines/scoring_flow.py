@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from danvae.dask_scoring import chunks_of, environment_kept, local_cluster_options, score_chunk
 from danvae.data.labelled import load_folder
+from danvae.data.nuisance import factor_values
 from danvae.detector import Detector
 from danvae.scoring import per_file
 
@@ -29,8 +30,8 @@ SCRATCH = Path(".cache/dask")
 
 
 @task(name="score-chunk", cache_policy=NO_CACHE, retries=1)
-def score_chunk_task(model_dir: str, images, threads: int) -> pd.DataFrame:
-    return score_chunk(model_dir, images, False, threads)[0]
+def score_chunk_task(model_dir: str, images, threads: int, nuisance=None) -> pd.DataFrame:
+    return score_chunk(model_dir, images, False, threads, nuisance)[0]
 
 
 @flow(name="score-folder")
@@ -42,7 +43,9 @@ def score_folder(model_dir: str, data: str, out: str) -> dict:
     detector = Detector.load(model_dir)
     files = load_folder(data, detector.image_size, detector.channels, masks=False, progress=False)
     chunks = chunks_of(files.images, detector.score_config.batch_size)
-    futures = score_chunk_task.map(unmapped(model_dir), chunks, unmapped(torch.get_num_threads()))
+    factor = factor_values(files.table, detector.nuisance)  # None for brightness, else from DIR/nuisance.csv
+    factors = [None] * len(chunks) if factor is None else chunks_of(factor, detector.score_config.batch_size)
+    futures = score_chunk_task.map(unmapped(model_dir), chunks, unmapped(torch.get_num_threads()), factors)
     table = per_file(files.table, pd.concat([f.result() for f in futures], ignore_index=True))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

@@ -95,13 +95,11 @@ def test_every_metric_key_present_and_in_range(danvae_run):
         assert all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in values), key
 
 
-def test_metrics_json_holds_the_headline_rounded(danvae_run):
+def test_metrics_json_holds_the_headline(danvae_run):
     out, result = danvae_run
     shown = _strict_json(out / "metrics.json")
     assert list(shown) == [k for k in HEADLINE_KEYS if k in result["metrics"]] and "auroc_darkest" in shown
-    for key, value in shown.items():
-        full = result["metrics"][key]
-        assert value == (round(full, 4) if isinstance(full, float) else full), key
+    assert len(shown) < len(result["metrics"]) and shown == {k: result["metrics"][k] for k in shown}
 
 
 def test_z_y_carries_brightness_for_the_trained_danvae(danvae_run):

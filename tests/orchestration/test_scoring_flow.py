@@ -11,6 +11,7 @@ import pytest
 from danvae import Detector, load_folder
 from danvae.cli import main
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
+from danvae.data.nuisance import nuisance_values
 from danvae.data.synthetic import generate_surfaces
 from pipelines.scoring_flow import score_folder_on_dask
 
@@ -20,9 +21,11 @@ pytestmark = pytest.mark.slow
 def test_the_flow_scores_on_dask_as_danvae_score_does(prefect_server, tmp_path, monkeypatch):
     generate_surfaces(tmp_path / "data", n_normal=110, n_anomaly=20, size=32, difficulty="easy", seed=6)
     data = load_folder(tmp_path / "data", image_size=32)
+    # a model of the recorded lighting (data/nuisance.csv): each chunk's task gets its images' values too
     det = Detector(ModelConfig(zx_dim=4, zy_dim=2), image_size=32, train=TrainConfig(epochs=1, warmup_epochs=0),
-                   score=ScoreConfig(batch_size=48))  # 130 images: three chunks, the last one short
-    det.fit(data.images, data.is_anomaly, progress=False).save(tmp_path / "model")
+                   score=ScoreConfig(batch_size=48), nuisance="lighting")  # 130 images: three chunks, the last short
+    det.fit(data.images, data.is_anomaly, progress=False, nuisance=nuisance_values(data.table, "lighting"))
+    det.save(tmp_path / "model")
     assert main(["score", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
                  "--out", str(tmp_path / "single.csv"), "--quiet"]) == 0
     monkeypatch.chdir(tmp_path)  # the cluster's scratch: ./.cache/dask
@@ -32,6 +35,7 @@ def test_the_flow_scores_on_dask_as_danvae_score_does(prefect_server, tmp_path, 
     assert result["images"] == 130 and result["chunks"] == 3
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "flow.csv"), pd.read_csv(tmp_path / "single.csv"),
                                   check_exact=True)
+    assert pd.read_csv(tmp_path / "flow.csv")["nuisance"].between(0.0, 2.0).all()
     assert any((tmp_path / ".cache" / "dask").iterdir())
 
     from prefect.client.orchestration import get_client
