@@ -26,6 +26,10 @@ Serving (``mlflow models serve -m models:/danvae@champion --env-manager local``)
 
 All images of one request share one H×W×C (JSON gives one dense array); send images of
 other sizes in another request. ``{"instances": [...]}`` (a list of images) works too.
+
+A model trained on a recorded nuisance factor (``data.nuisance``, e.g. an exposure) needs it per
+image: ``model.predict(images, params={"nuisance": [...]})``, or ``"params": {"nuisance": [...]}``
+beside ``"inputs"`` in the request; the MLmodel metadata names the factor.
 """
 from __future__ import annotations
 
