@@ -47,6 +47,12 @@ def chunks_of(images: np.ndarray, batch_size: int, batches_per_chunk: int = 1) -
     return [images[start:start + step] for start in range(0, len(images), step)]
 
 
+def factor_chunks(nuisance: np.ndarray | None, n_chunks: int, batch_size: int, batches_per_chunk: int = 1
+                  ) -> list[np.ndarray | None]:
+    """Each chunk's nuisance values, cut as :func:`chunks_of` cuts the images (``None`` each for brightness)."""
+    return [None] * n_chunks if nuisance is None else chunks_of(np.asarray(nuisance), batch_size, batches_per_chunk)
+
+
 def local_cluster_options(workers: int, scratch: Path) -> dict:
     """LocalCluster settings: one-thread worker processes on 127.0.0.1, scratch files in ``scratch``."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -104,8 +110,7 @@ def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2
     if len(images) == 0:
         return score_chunk(model_dir, images, heatmaps, threads, nuisance)
     chunks = chunks_of(images, batch_size, batches_per_chunk)
-    factors = [None] * len(chunks) if nuisance is None else chunks_of(np.asarray(nuisance), batch_size,
-                                                                          batches_per_chunk)
+    factors = factor_chunks(nuisance, len(chunks), batch_size, batches_per_chunk)
     cluster = None if address else _local_cluster(workers, Path(scratch))
     try:
         with Client(address or cluster) as client:

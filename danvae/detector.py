@@ -231,11 +231,17 @@ class Detector:
         low, high = self.nuisance_range
         return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
 
+    def _factors(self, images: np.ndarray, nuisance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each image's measured brightness, and its recorded factor (None for a brightness model)."""
+        measured = brightness(images) if len(images) else np.zeros(0)
+        return measured, None if self.nuisance == BRIGHTNESS else self._column_values(images, nuisance)
+
+    def _label(self, measured: np.ndarray, recorded: np.ndarray | None) -> np.ndarray:
+        """The model's nuisance label ``y`` per image, in [0, 1]."""
+        return measured if recorded is None else self._scaled(recorded)
+
     def _y(self, images: np.ndarray, nuisance: np.ndarray | None) -> np.ndarray:
-        """The model's nuisance label per image, in [0, 1]."""
-        if self.nuisance == BRIGHTNESS:
-            return brightness(images) if len(images) else np.zeros(0)
-        return self._scaled(self._column_values(images, nuisance))
+        return self._label(*self._factors(images, nuisance))
 
     def _require_fitted(self) -> AnomalyVAE:
         if self.model is None:
@@ -249,14 +255,15 @@ class Detector:
         kind, and (once calibrated) ``score`` and ``is_anomaly`` per image; ``progress``: a bar on stderr."""
         model = self._require_fitted()
         images = fit_to(images, self.image_size, self.channels)
-        y = self._y(images, nuisance)
+        measured, recorded = self._factors(images, nuisance)
+        y = self._label(measured, recorded)
         map_kind = heatmap_kind(self.score_kind or default_kind(model), model)
         table, maps = score_images(model, images, y, self.score_config.batch_size, keep_heatmaps=heatmaps,
                                    heatmap_kind=map_kind, progress=progress)
         table["fused"] = fuse(table, self.fusion)
-        table.insert(0, "brightness", brightness(images) if len(images) else np.zeros(0))
-        if self.nuisance != BRIGHTNESS:
-            table.insert(1, "nuisance", self._column_values(images, nuisance))
+        table.insert(0, "brightness", measured)
+        if recorded is not None:
+            table.insert(1, "nuisance", recorded)
         if with_decision and self.score_kind is not None:
             at = table.columns.get_loc(self._trend_column) + 1
             table.insert(at, "score", self._decision_score(table))

@@ -113,6 +113,17 @@ def darkest_normal_fpr(table: pd.DataFrame, predicted: np.ndarray, n_bins: int =
     return float(predicted[normal][bins == 0].mean())
 
 
+def _per_bin(metric, labels: np.ndarray, scores: np.ndarray, bins: np.ndarray, n_bins: int) -> list[float | None]:
+    return [metric(labels[bins == b], scores[bins == b]) for b in range(n_bins)]
+
+
+def _spearman(factor: pd.Series, scores: pd.Series) -> float | None:
+    """Spearman's ρ of the scores with a factor (None with under 3 values or either constant)."""
+    if len(factor) < 3 or factor.nunique() < 2 or scores.nunique() < 2:
+        return None
+    return _finite(spearmanr(factor, scores).statistic)
+
+
 def evaluate_scores(table: pd.DataFrame, score_column: str = "score", threshold: float | None = None) -> dict:
     """AUROC, AUPRC, F1/precision/recall at the threshold, per-quintile AUROC and AUPRC,
     false-positive rates (all normals, darkest normal quintile), brightness bias of the
@@ -139,23 +150,17 @@ def evaluate_scores(table: pd.DataFrame, score_column: str = "score", threshold:
             metrics["threshold"] = float(threshold)
     n_bins = min(N_BRIGHTNESS_BINS, len(known))
     bins = brightness_bins(known["brightness"], n_bins).to_numpy()
-    metrics["auroc_by_brightness"] = [_auroc(labels[bins == b], scores[bins == b]) for b in range(n_bins)]
-    metrics["auprc_by_brightness"] = [_auprc(labels[bins == b], scores[bins == b]) for b in range(n_bins)]
+    metrics["auroc_by_brightness"] = _per_bin(_auroc, labels, scores, bins, n_bins)
+    metrics["auprc_by_brightness"] = _per_bin(_auprc, labels, scores, bins, n_bins)
     metrics["auroc_darkest"] = metrics["auroc_by_brightness"][0]
     metrics["auprc_darkest"] = metrics["auprc_by_brightness"][0]
     metrics["auroc_rest"] = _auroc(labels[bins != 0], scores[bins != 0]) if n_bins > 1 else None
     normal = known[~labels]
-    if len(normal) >= 3 and normal["brightness"].nunique() > 1 and normal[score_column].nunique() > 1:
-        metrics["brightness_spearman_normal"] = _finite(spearmanr(normal["brightness"], normal[score_column]).statistic)
-    else:
-        metrics["brightness_spearman_normal"] = None
+    metrics["brightness_spearman_normal"] = _spearman(normal["brightness"], normal[score_column])
     if "nuisance" in known.columns:  # a recorded nuisance factor (data.nuisance): the same, per its quintile
         bins = brightness_bins(known["nuisance"], n_bins).to_numpy()
-        metrics["auroc_by_nuisance"] = [_auroc(labels[bins == b], scores[bins == b]) for b in range(n_bins)]
-        values = normal["nuisance"]
-        metrics["nuisance_spearman_normal"] = (
-            _finite(spearmanr(values, normal[score_column]).statistic)
-            if len(normal) >= 3 and values.nunique() > 1 and normal[score_column].nunique() > 1 else None)
+        metrics["auroc_by_nuisance"] = _per_bin(_auroc, labels, scores, bins, n_bins)
+        metrics["nuisance_spearman_normal"] = _spearman(normal["nuisance"], normal[score_column])
     return metrics
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from danvae.data.nuisance import BRIGHTNESS
 from danvae.images import fit_to
 from danvae.models import scores as S
 from danvae.models.base import MODEL_SCORE_KINDS
@@ -89,7 +90,7 @@ def export_onnx(detector, path: str | Path, opset: int = OPSET) -> Path:
 
     if detector.model is None or detector.score_kind is None or detector.threshold is None:
         raise ExportError("only a fitted and calibrated detector can be exported: fit() it, or load a trained one")
-    if getattr(detector, "nuisance", "brightness") != "brightness":
+    if detector.nuisance != BRIGHTNESS:
         raise ExportError(f"this detector's nuisance factor is the recorded '{detector.nuisance}', an input the "
                           f"ONNX graph does not take: only brightness models are exported (score it with danvae "
                           f"score or the MLflow model)")

@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from danvae.config import ServeConfig  # noqa: E402
+from danvae.data.nuisance import BRIGHTNESS  # noqa: E402
 from danvae.images import fit_to  # noqa: E402
 from danvae.models.base import SCORE_KINDS  # noqa: E402
 
@@ -220,7 +221,7 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
         configure_tracking()
         mlflow.set_experiment(experiment_id=get_or_create_experiment(DEFAULT_EXPERIMENT))
     example = example_images(detector) if input_example is None else np.asarray(input_example)
-    if detector.nuisance != "brightness":  # such a model needs the factor per image: the example gives it
+    if detector.nuisance != BRIGHTNESS:  # such a model needs the factor per image: the example gives it
         example = (example, {"nuisance": [float(np.mean(detector.nuisance_range))] * len(example)})
     meta = detector.metadata()
     with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from danvae.config import Params
 from danvae.data.ingest import load_images, load_manifest
-from danvae.data.nuisance import BRIGHTNESS, nuisance_values
+from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.registry import MODEL_SHA256_TAG, describe_version, promote, register_version
 from danvae.tracking import configure_tracking
@@ -44,11 +44,10 @@ def register_and_promote(project_dir: Path, params: Params, validation_passed_: 
     test = test_rows(manifest, params.data.test_anomaly_share)
     images = load_images(project_dir / "data")[test["row"].to_numpy()]
     passed = validation_passed(project_dir) if validation_passed_ is None else validation_passed_
-    nuisance = nuisance_values(test, params.data.nuisance) if params.data.nuisance != BRIGHTNESS else None
     decision = promote(None, name, version, images, (test["label"] == "anomaly").to_numpy(),
                        auroc_tolerance=params.promote.auroc_tolerance, dark_tolerance=params.promote.dark_tolerance,
                        validation_passed=passed, min_auroc=params.promote.min_auroc, force=force, reason=reason,
-                       nuisance=nuisance)
+                       nuisance=factor_values(test, params.data.nuisance))
     card = model_card(name, version, run, _read(project_dir / "models" / "train_metrics.json"),
                       _read(project_dir / "reports" / "metrics_full.json"), decision.decision, decision.reason)
     describe_version(name, version, card)

@@ -20,7 +20,7 @@ import pandas as pd
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from danvae.dask_scoring import chunks_of, environment_kept, local_cluster_options, score_chunk
+from danvae.dask_scoring import chunks_of, environment_kept, factor_chunks, local_cluster_options, score_chunk
 from danvae.data.labelled import load_folder
 from danvae.data.nuisance import factor_values
 from danvae.detector import Detector
@@ -44,7 +44,7 @@ def score_folder(model_dir: str, data: str, out: str) -> dict:
     files = load_folder(data, detector.image_size, detector.channels, masks=False, progress=False)
     chunks = chunks_of(files.images, detector.score_config.batch_size)
     factor = factor_values(files.table, detector.nuisance)  # None for brightness, else from DIR/nuisance.csv
-    factors = [None] * len(chunks) if factor is None else chunks_of(factor, detector.score_config.batch_size)
+    factors = factor_chunks(factor, len(chunks), detector.score_config.batch_size)
     futures = score_chunk_task.map(unmapped(model_dir), chunks, unmapped(torch.get_num_threads()), factors)
     table = per_file(files.table, pd.concat([f.result() for f in futures], ignore_index=True))
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pandas as pd
 from danvae.config import Params
 from danvae.dask_scoring import score_anywhere
 from danvae.data.ingest import load_images, load_manifest
-from danvae.data.nuisance import BRIGHTNESS, nuisance_values
+from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
 from danvae.tracking import configure_tracking, log_to_run
@@ -34,7 +34,7 @@ def main(params: Params) -> None:
     score = functools.partial(score_anywhere, detector, MODEL_DIR, workers=params.dask.workers,
                               address=params.dask.address)
     # heatmaps are kept for the test set only (the evaluate stage's pixel AUROC and figures)
-    factor = nuisance_values(manifest, params.data.nuisance) if params.data.nuisance != BRIGHTNESS else None
+    factor = factor_values(manifest, params.data.nuisance)
     test_table, maps = score(images[rows[in_test]], heatmaps=True,
                              nuisance=None if factor is None else factor[in_test])
     parts = [test_table.set_index(np.flatnonzero(in_test))]

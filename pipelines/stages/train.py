@@ -11,7 +11,7 @@ from danvae.config import Params
 from danvae.data.folders import DataError
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.masks import has_mask, load_masks
-from danvae.data.nuisance import BRIGHTNESS, nuisance_values
+from danvae.data.nuisance import BRIGHTNESS, factor_values
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.distributed import launch, requested_world
@@ -61,10 +61,8 @@ def main(params: Params) -> None:
                         train=params.train, score=params.score, nuisance=params.data.nuisance)
     fit = dict(val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
                run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
-               masks=load_masks(DATA, train, params.data.image_size), has_mask=has_mask(train))
-    if params.data.nuisance != BRIGHTNESS:  # a recorded factor: its values come from the manifest
-        fit.update(nuisance=nuisance_values(train, params.data.nuisance),
-                   val_nuisance=nuisance_values(val, params.data.nuisance))
+               masks=load_masks(DATA, train, params.data.image_size), has_mask=has_mask(train),
+               nuisance=factor_values(train, params.data.nuisance), val_nuisance=factor_values(val, params.data.nuisance))
     if not world.is_main:  # another DDP rank: it trains in step with rank 0, which tracks, saves and registers
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(), progress=False, **fit)
         return
