@@ -56,8 +56,6 @@ class SyntheticDefectConfig(_Strict):
     families: list[Literal[DEFECT_FAMILIES]] = Field(default_factory=lambda: list(DEFECT_FAMILIES))  # type: ignore[valid-type]
     strength: float = Field(1.0, gt=0, le=2, description="scales every family's change")
     denoise: bool = Field(True, description="the VAE reconstructs the clean image from the defective one (DRAEM)")
-    relative: bool = Field(False, description="each defect's change scales with its image's light level, as a real "
-                           "defect's contrast does on a dimly lit surface")
     transplant: float = Field(0.5, ge=0, le=1, description="share of those defects that are real labelled defects "
                               "moved onto the normal (when labelled anomalies have masks)")
     transplant_strength: tuple[float, float] = Field(

@@ -264,8 +264,7 @@ class Trainer:
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
         if bad.any():
             chosen = x[bad]
-            damaged, m = synthesize_defects(chosen, gen, cfg.synthetic.families, cfg.synthetic.strength, side,
-                                           cfg.synthetic.relative)
+            damaged, m = synthesize_defects(chosen, gen, cfg.synthetic.families, cfg.synthetic.strength, side)
             if self._bank is not None:
                 real = torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant
                 if real.any():

@@ -16,10 +16,7 @@ any test defect:
   elsewhere in the image while the local mean is kept (gradient-domain-like blending,
   so no visible seam).
 
-Results are rounded to the uint8 grid, as real images are. With ``relative=True`` every
-family works on the image divided by its brightest pixel and the result is scaled back, so
-a defect on a dimly lit surface shows as little contrast as a real one would (light falls
-on the defect too), instead of, say, brightening a dark image to near white.
+Results are rounded to the uint8 grid, as real images are.
 """
 from __future__ import annotations
 
@@ -199,16 +196,10 @@ def apply_family(family: str, x: torch.Tensor, g: torch.Generator, strength: flo
 
 
 def synthesize_defects(x: torch.Tensor, g: torch.Generator, families: Sequence[str] = FAMILIES,
-                       strength: float = 1.0, side: int | None = None, relative: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A defect of a random family (from ``families``) on each image: images and B×H×W bool masks.
-    ``relative``: the change scales with each image's light level (its brightest pixel)."""
+                       strength: float = 1.0, side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A defect of a random family (from ``families``) on each image: images and B×H×W bool masks."""
     if not families:
         raise ValueError("no synthetic defect family given")
-    if relative:
-        peak = x.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1 / 255)
-        out, mask = synthesize_defects(x / peak, g, families, strength, side)
-        return torch.where(mask[:, None], (out * peak).clamp(0, 1).mul(255).round().div(255), x), mask
     choice = torch.randint(len(families), (len(x),), generator=g)
     out, mask = x.clone(), torch.zeros(len(x), *x.shape[-2:], dtype=torch.bool, device=x.device)
     for i, family in enumerate(families):

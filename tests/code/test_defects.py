@@ -46,25 +46,6 @@ def test_a_batch_mixes_families_and_is_deterministic():
         apply_family("glitter", x, torch.Generator())
 
 
-def test_relative_defects_scale_with_the_light_level():
-    x = _surfaces(16)
-    x[:, :, 0, 0] = 1.0  # every image's brightest pixel is full scale
-    dim = (x * 0.3 * 255).round() / 255
-    plain, m0 = synthesize_defects(x, torch.Generator().manual_seed(5))
-    same, m1 = synthesize_defects(x, torch.Generator().manual_seed(5), relative=True)
-    assert torch.equal(plain, same) and torch.equal(m0, m1), "at full scale nothing changes"
-    on_dim, m2 = synthesize_defects(dim, torch.Generator().manual_seed(5), relative=True)
-    assert torch.equal(m0, m2)
-    assert not ((on_dim != dim).any(dim=1) & ~m2).any(), "a pixel outside the mask changed"
-    assert torch.equal(on_dim, (on_dim * 255).round() / 255)
-    ratio = (on_dim - dim).abs().sum() / (plain - x).abs().sum()
-    assert 0.2 < ratio < 0.4, f"a defect on a surface lit at 30 % changes it by {ratio:.2f} of the bright one's change"
-    lines = ["line", "dots"]  # brighter by a share of the headroom to 1: absolute, unless relative
-    bold, _ = synthesize_defects(dim, torch.Generator().manual_seed(5), lines)
-    faint, _ = synthesize_defects(dim, torch.Generator().manual_seed(5), lines, relative=True)
-    assert (bold - dim).abs().sum() > 1.5 * (faint - dim).abs().sum(), "without it, dim images get bolder defects"
-
-
 def test_relighting_changes_brightness_and_stays_on_the_grid():
     x = _surfaces(32)
     out = relight(x, torch.Generator().manual_seed(0), gain=(0.35, 0.5))
