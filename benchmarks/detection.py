@@ -27,8 +27,8 @@ from sklearn.metrics import roc_auc_score
 from danvae import Detector
 from danvae.config import LightingConfig, ModelConfig, ScoreConfig, SyntheticDefectConfig, TrainConfig
 from danvae.data.synthetic import DEFECTS, MATERIALS, render_surface, sample_lighting, _difficulty
-from danvae.disentanglement import disentanglement_metrics
-from danvae.evaluate import evaluate_scores, pixel_auroc
+from danvae.evaluation.disentanglement import disentanglement_metrics
+from danvae.evaluation.metrics import evaluate_scores, pixel_auroc
 
 # name -> (model config, train overrides, use labelled anomalies)
 VARIANTS: dict[str, tuple[dict, dict, bool]] = {

@@ -46,7 +46,7 @@ def _reset_peak() -> None:
 
 def measure(model_dir: str, case: str) -> dict:
     from danvae.detector import Detector
-    from danvae.serving import predict_frame
+    from danvae.mlops.packaging import predict_frame
 
     limits = ServeConfig()
     det = Detector.load(model_dir)

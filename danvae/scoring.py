@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 from tqdm.auto import tqdm
 
-from danvae.evaluate import bootstrap_aurocs
+from danvae.evaluation.metrics import bootstrap_aurocs
 from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
 from danvae.models.self_similarity import self_dissimilarity_map
 

@@ -17,8 +17,9 @@ from danvae.config import Params
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
-from danvae.registry import MODEL_SHA256_TAG, describe_version, promote, register_version
-from danvae.tracking import configure_tracking
+from danvae.mlops.gate import describe_version, promote
+from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
+from danvae.mlops.tracking import configure_tracking
 
 
 def validation_passed(project_dir: Path) -> bool:

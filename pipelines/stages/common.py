@@ -13,7 +13,7 @@ from danvae.config import Params, ParamsError, load_params
 from danvae.data.folders import DataError
 from danvae.images import ImageError
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError
-from danvae.tracking import TrackingError
+from danvae.mlops.tracking import TrackingError
 from danvae.train import DeviceUnavailable, TrainingDiverged
 
 # Failures a rerun of the same stage would repeat: one line on stderr, exit 1, not retried.

@@ -12,8 +12,8 @@ from danvae.config import Params
 from danvae.data.ingest import load_images, load_manifest
 from danvae.data.selection import training_rows
 from danvae.detector import Detector
-from danvae.report import evaluate_run
-from danvae.tracking import configure_tracking, log_to_run
+from danvae.evaluation.report import evaluate_run
+from danvae.mlops.tracking import configure_tracking, log_to_run
 from pipelines.stages.common import format_figure, read_run, run_stage
 
 DATA = Path("data")

@@ -15,8 +15,9 @@ from danvae.data.nuisance import BRIGHTNESS, factor_values
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.distributed import launch, requested_world
-from danvae.registry import MODEL_SHA256_TAG, register_version
-from danvae.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
+from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
+from danvae.mlops.packaging import log_run_model
+from danvae.mlops.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
 from pipelines.stages.common import RUN_FILE, pipeline_outputs, run_stage, write_json
 
 DATA = Path("data")
@@ -73,7 +74,7 @@ def main(params: Params) -> None:
         run.log_dataset(manifest, "manifest", source=str((DATA / "manifest.parquet").resolve()), digest=data_version)
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(),
                      on_epoch_end=run.on_epoch_end, **fit)
-        info = run.log_model(detector, limits=params.serve.model_dump())
+        info = log_run_model(run, detector, limits=params.serve.model_dump())
     record = {**run.summary(), "model_sha256": info.danvae_model_sha256}
     record["tracking_uri"] = portable_uri(record["tracking_uri"], Path.cwd())  # run.json is committed
     # Written before registering, so a registry outage leaves the run findable; rerunning registers it.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from danvae.cli_train import worker_argv
+from danvae.cli.train import worker_argv
 from danvae.data.synthetic import generate_surfaces
 
 pytestmark = pytest.mark.slow

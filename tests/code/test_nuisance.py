@@ -15,7 +15,7 @@ from danvae import Detector
 from danvae.data.ingest import QUARANTINE, ingest
 from danvae.data.nuisance import INFO_COLUMN, NUISANCE_FILE, NuisanceError, nuisance_values, read_nuisance_file
 from danvae.data.synthetic import generate_surfaces
-from danvae.evaluate import evaluate_scores
+from danvae.evaluation.metrics import evaluate_scores
 from danvae.models.base import Batch
 from danvae.train import Trainer
 

@@ -11,7 +11,7 @@ from danvae import Detector, load_folder
 from danvae.cli import main
 from danvae.config import ModelConfig, TrainConfig
 from danvae.data.synthetic import generate_surfaces
-from danvae.onnx_export import OUTPUTS, ExportError, OnnxDetector, export_onnx, parity
+from danvae.mlops.onnx_export import OUTPUTS, ExportError, OnnxDetector, export_onnx, parity
 
 pytestmark = pytest.mark.slow
 SIZE = 32

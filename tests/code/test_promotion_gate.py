@@ -1,4 +1,4 @@
-"""The promotion gate's rule (danvae.registry._judge) on gate figures written by hand.
+"""The promotion gate's rule (danvae.mlops.gate._judge) on gate figures written by hand.
 
 Figures and tolerances are multiples of 1/64, exact in binary, so "exactly at the tolerance"
 is exact here."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from danvae.registry import _judge
+from danvae.mlops.gate import _judge
 
 TOL, DARK_TOL = 1 / 64, 2 / 64
 

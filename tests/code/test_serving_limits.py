@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from danvae.serving import model_batch
+from danvae.mlops.packaging import model_batch
 
 DETECTOR = SimpleNamespace(image_size=32, channels=3)  # model_batch reads only these two
 

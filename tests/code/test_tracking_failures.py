@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from danvae.tracking import TrackingError, TrainingRun, redact_uri
+from danvae.mlops.tracking import TrackingError, TrainingRun, redact_uri
 from tests.mlflow.conftest import free_port
 
 
@@ -41,7 +41,7 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal\n"
-        "from danvae.tracking import TrainingRun\n"
+        "from danvae.mlops.tracking import TrainingRun\n"
         "run = TrainingRun('orphans').__enter__()\n"
         "print(run.run_id, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True, text=True, env={**os.environ}, timeout=120)
@@ -56,7 +56,7 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(tmp_path, monke
 
 
 def test_a_store_inside_the_project_is_written_relative_to_it(tmp_path):
-    from danvae.tracking import portable_uri
+    from danvae.mlops.tracking import portable_uri
 
     assert portable_uri(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) == "sqlite:///mlflow.db"
     assert portable_uri(f"sqlite:///{tmp_path / 'a' / 'b.db'}", tmp_path) == "sqlite:///a/b.db"

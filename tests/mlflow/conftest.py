@@ -181,7 +181,7 @@ def sqlite_default(tmp_path_factory):
     artifacts in ``<root>/mlartifacts``, ``root`` standing in for the project root."""
     import mlflow
 
-    from danvae.tracking import configure_tracking
+    from danvae.mlops.tracking import configure_tracking
 
     root = tmp_path_factory.mktemp("project")
     with pytest.MonkeyPatch.context() as mp:
@@ -255,8 +255,9 @@ class Trained:
 def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) -> Trained:
     """What the train stage does: one run with params, tags and per-epoch metrics around the
     fit; the detector saved and logged as a pyfunc; run.json; then the registration."""
-    from danvae.registry import MODEL_SHA256_TAG, register_version
-    from danvae.tracking import TrainingRun
+    from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
+    from danvae.mlops.packaging import log_run_model
+    from danvae.mlops.tracking import TrainingRun
 
     det = new_detector()
     params = {"model": det.model_config, "train": det.train_config, "score": det.score_config,
@@ -264,7 +265,7 @@ def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) ->
     with TrainingRun(params=params, data_version="md5-test-0001", run_name="tiny") as run:
         det.fit(surfaces.train_images, surfaces.train_labels, progress=False, on_epoch_end=run.on_epoch_end)
         det.save(out / "detector")
-        info = run.log_model(det, limits=SERVE_LIMITS)
+        info = log_run_model(run, det, limits=SERVE_LIMITS)
         run_json = run.write_run_json(out / "run.json")
     mv = register_version(info.model_uri, name, run_id=run.run_id, tags={MODEL_SHA256_TAG: info.danvae_model_sha256})
     return Trained(det, run.run_id, info.model_uri, str(mv.version), run_json, out / "detector")

@@ -48,7 +48,7 @@ CHILD = textwrap.dedent("""
     killer("create_model_version", "name")
 
     if sys.argv[1] == "register":
-        from danvae.registry import register_version
+        from danvae.mlops.registry import register_version
         mv = register_version(sys.argv[2], sys.argv[3], run_id=sys.argv[4])
         print(mv.version)
     else:
@@ -82,7 +82,7 @@ def logged(sqlite_default, surfaces):
 
 
 def _versions_from(client, name: str, model_uri: str) -> list[str]:
-    from danvae.registry import MODEL_URI_TAG
+    from danvae.mlops.registry import MODEL_URI_TAG
 
     return sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")
                   if v.tags.get(MODEL_URI_TAG) == model_uri)
@@ -119,7 +119,7 @@ def test_registration_killed_then_rerun(logged, tmp_path, step):
 def test_promotion_killed_then_rerun(logged, surfaces, tmp_path, die_at, state):
     from mlflow import MlflowClient
 
-    from danvae.registry import register_version
+    from danvae.mlops.registry import register_version
 
     trained, uri = logged
     name = "danvae-killed-" + state.replace(",", "").replace(" ", "-")
@@ -147,7 +147,8 @@ def test_a_champion_set_by_hand_gets_no_decision_claimed(logged, surfaces):
     hand, or after a rejected evaluation, is not tagged as promoted by a rerun."""
     from mlflow import MlflowClient
 
-    from danvae.registry import promote, register_version
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import register_version
 
     trained, _ = logged
     client = MlflowClient()

@@ -36,7 +36,7 @@ def trained(mlflow_server, surfaces, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def champion(trained, surfaces):
-    from danvae.registry import promote
+    from danvae.mlops.gate import promote
 
     return promote(None, MODEL_NAME, trained.version, surfaces.test_images, surfaces.test_labels,
                    auroc_tolerance=0.01, dark_tolerance=0.02, validation_passed=True, min_auroc=0.6)
@@ -64,7 +64,7 @@ def serving(champion, mlflow_server, tmp_path_factory):
 def test_train_run_is_tracked_on_the_server(trained, mlflow_server):
     from mlflow import MlflowClient
 
-    from danvae.tracking import git_commit, metric_history
+    from danvae.mlops.tracking import git_commit, metric_history
 
     run = MlflowClient().get_run(trained.run_id)
     assert run.info.status == "FINISHED"
@@ -93,7 +93,7 @@ def test_register_gate_promote_load_predict(trained, champion, serving, surfaces
     import mlflow
     from mlflow import MlflowClient
 
-    from danvae.registry import load_detector
+    from danvae.mlops.registry import load_detector
 
     client = MlflowClient()
     mv = client.get_model_version(MODEL_NAME, trained.version)
@@ -116,7 +116,7 @@ def test_register_gate_promote_load_predict(trained, champion, serving, surfaces
     big = resized(surfaces.test_images[:8], 48)  # any size: resized as training did
     out = model.predict(big)
     want = trained.detector.score_table(big)
-    from danvae.serving import OUTPUT_COLUMNS
+    from danvae.mlops.packaging import OUTPUT_COLUMNS
 
     assert list(out.columns) == list(OUTPUT_COLUMNS)
     for col in out.columns:
@@ -126,8 +126,8 @@ def test_register_gate_promote_load_predict(trained, champion, serving, surfaces
 def test_later_stages_log_into_the_same_run(trained, surfaces, tmp_path):
     from mlflow import MlflowClient
 
-    from danvae.evaluate import evaluate_scores
-    from danvae.tracking import log_to_run
+    from danvae.evaluation.metrics import evaluate_scores
+    from danvae.mlops.tracking import log_to_run
 
     table = trained.detector.score_table(surfaces.test_images)
     table["label"] = np.where(surfaces.test_labels, "anomaly", "normal")
@@ -145,14 +145,16 @@ def test_later_stages_log_into_the_same_run(trained, surfaces, tmp_path):
 def test_degraded_challenger_leaves_champion(trained, champion, surfaces):
     from mlflow import MlflowClient
 
-    from danvae.registry import promote
-    from danvae.tracking import TrainingRun
+    from danvae.mlops.packaging import log_run_model
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import register_logged_model
+    from danvae.mlops.tracking import TrainingRun
 
     bad = scrambled(trained.detector)
     with TrainingRun(run_name="degraded") as run:
-        info = run.log_model(bad, registered_model_name=MODEL_NAME)
+        info = log_run_model(run, bad)
     client = MlflowClient()
-    v2 = str(info.registered_model_version)
+    v2 = str(register_logged_model(info, MODEL_NAME).version)
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == v2
 
     decision = promote(None, MODEL_NAME, "challenger", surfaces.test_images, surfaces.test_labels,
@@ -220,7 +222,7 @@ def test_models_serve_answers_a_batch(trained, serving, surfaces):
     rows = answer["predictions"]
     want = trained.detector.score_table(images)
     assert len(rows) == 6
-    from danvae.serving import OUTPUT_COLUMNS
+    from danvae.mlops.packaging import OUTPUT_COLUMNS
 
     assert set(rows[0]) == set(OUTPUT_COLUMNS) >= {"brightness", "score", "is_anomaly", "head_max", "recon_max"}
     np.testing.assert_allclose([r["score"] for r in rows], want["score"], rtol=1e-6)
@@ -259,13 +261,14 @@ def test_server_killed_during_registration(trained, champion, mlflow_server, tmp
     from mlflow import MlflowClient
 
     from danvae.detector import Detector
-    from danvae.registry import MODEL_URI_TAG, RegistrationError, register_version
-    from danvae.tracking import TrackingError, TrainingRun
+    from danvae.mlops.registry import MODEL_URI_TAG, RegistrationError, register_version
+    from danvae.mlops.packaging import log_run_model
+    from danvae.mlops.tracking import TrackingError, TrainingRun
 
     logged = []
     for i in range(2):
         with TrainingRun(run_name=f"crash-{i}") as run:
-            info = run.log_model(trained.detector)
+            info = log_run_model(run, trained.detector)
             run.write_run_json(tmp_path / f"run-{i}.json")
         logged.append((info.model_uri, run.run_id))
     trained.detector.save(tmp_path / "detector")

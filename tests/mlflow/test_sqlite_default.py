@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_uri_is_the_project_sqlite_and_env_wins(monkeypatch):
-    from danvae.tracking import artifact_location, default_tracking_uri, resolve_tracking_uri
+    from danvae.mlops.tracking import artifact_location, default_tracking_uri, resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert default_tracking_uri() == f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
@@ -34,7 +34,7 @@ def test_default_uri_is_the_project_sqlite_and_env_wins(monkeypatch):
 
 def test_flatten_params_and_metrics():
     from danvae.config import ModelConfig, TrainConfig
-    from danvae.tracking import flatten_metrics, flatten_params
+    from danvae.mlops.tracking import flatten_metrics, flatten_params
 
     flat = flatten_params({"model": ModelConfig(), "train": TrainConfig(epochs=3, warmup_epochs=1),
                            "data": {"sources": [{"type": "synthetic", "seed": 0}, {"type": "folder", "path": "/d"}],
@@ -60,7 +60,7 @@ def trained(sqlite_default, surfaces):
 def test_store_and_artifacts_live_beside_each_other(sqlite_default, trained):
     from mlflow import MlflowClient
 
-    from danvae.tracking import metric_history
+    from danvae.mlops.tracking import metric_history
 
     root, uri = sqlite_default
     assert uri == f"sqlite:///{root / 'mlflow.db'}" and (root / "mlflow.db").is_file()
@@ -76,7 +76,8 @@ def test_full_cycle_and_every_uri_kind(sqlite_default, trained, surfaces):
     import mlflow
     from mlflow import MlflowClient
 
-    from danvae.registry import load_detector, promote
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import load_detector
 
     decision = promote(None, MODEL_NAME, trained.version, surfaces.test_images, surfaces.test_labels)
     assert decision.promoted and decision.decision == "promoted"
@@ -100,12 +101,13 @@ def test_full_cycle_and_every_uri_kind(sqlite_default, trained, surfaces):
 def test_degraded_is_rejected_and_force_needs_a_reason(sqlite_default, trained, surfaces):
     from mlflow import MlflowClient
 
-    from danvae.registry import promote
-    from danvae.serving import log_detector
-    from danvae.tracking import TrainingRun
+    from danvae.mlops.packaging import log_detector
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import register_logged_model
+    from danvae.mlops.tracking import TrainingRun
 
     with TrainingRun(run_name="one-bad-epoch") as run:
-        v2 = str(log_detector(scrambled(trained.detector), registered_model_name=MODEL_NAME).registered_model_version)
+        v2 = str(register_logged_model(log_detector(scrambled(trained.detector)), MODEL_NAME).version)
     client = MlflowClient()
     if str(client.get_registered_model(MODEL_NAME).aliases.get("champion")) != trained.version:
         promote(None, MODEL_NAME, trained.version, surfaces.test_images, surfaces.test_labels, force=True,
@@ -128,7 +130,8 @@ def test_degraded_is_rejected_and_force_needs_a_reason(sqlite_default, trained, 
 
 
 def test_validation_failure_blocks_a_first_champion(sqlite_default, trained, surfaces):
-    from danvae.registry import promote, register_version
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import register_version
 
     register_version(trained.model_uri, "danvae-novalid", run_id=trained.run_id)
     d = promote(None, "danvae-novalid", "challenger", surfaces.test_images, surfaces.test_labels,
@@ -162,12 +165,14 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
     import torch
     from mlflow import MlflowClient
 
-    from danvae.registry import IncompatibleModelError, load_detector, promote, register_version
-    from danvae.tracking import TrainingRun
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import IncompatibleModelError, load_detector, register_version
+    from danvae.mlops.packaging import log_run_model
+    from danvae.mlops.tracking import TrainingRun
 
     root, _ = sqlite_default
     with TrainingRun(run_name="older-danvae") as run:
-        info = run.log_model(trained.detector)
+        info = log_run_model(run, trained.detector)
     model_dir = root / "mlartifacts" / "danvae" / "models" / info.model_id / "artifacts"
     pt = model_dir / "artifacts" / "detector" / "detector.pt"
     state = torch.load(pt, weights_only=True)
@@ -194,7 +199,7 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
 def test_failed_block_marks_the_run_failed(sqlite_default):
     from mlflow import MlflowClient
 
-    from danvae.tracking import TrainingRun
+    from danvae.mlops.tracking import TrainingRun
 
     with pytest.raises(RuntimeError, match="boom"):
         with TrainingRun(run_name="fails", params={"a": {"b": 1}}) as run:
@@ -209,8 +214,8 @@ def test_failed_block_marks_the_run_failed(sqlite_default):
 
 
 def test_promote_command(sqlite_default, trained, surfaces, capsys):
-    from danvae.cli_promote import REFUSED_EXIT_CODE, PromoteCommandError, add_promote_parser
-    from danvae.registry import register_version
+    from danvae.cli.promote import REFUSED_EXIT_CODE, PromoteCommandError, add_promote_parser
+    from danvae.mlops.registry import register_version
 
     parser = argparse.ArgumentParser(prog="danvae")
     add_promote_parser(parser.add_subparsers(dest="command", required=True))
@@ -249,7 +254,8 @@ def test_a_promotion_cut_short_leaves_no_false_decision_and_a_rerun_completes(sq
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from danvae.registry import PromotionError, promote, register_version
+    from danvae.mlops.gate import PromotionError, promote
+    from danvae.mlops.registry import register_version
 
     name = "danvae-cut-short"
     mv = register_version(trained.model_uri, name, run_id=trained.run_id)
@@ -280,13 +286,13 @@ def test_a_model_file_changed_after_registration_is_not_loaded(sqlite_default, t
     import mlflow
     from mlflow import MlflowClient
 
-    from danvae.registry import MODEL_SHA256_TAG, ModelIntegrityError, load_detector
-    from danvae.serving import log_detector
+    from danvae.mlops.packaging import log_detector
+    from danvae.mlops.registry import MODEL_SHA256_TAG, ModelIntegrityError, load_detector, register_logged_model
 
     name = "danvae-tampered"
     with mlflow.start_run(run_name="to-be-tampered"):
-        info = log_detector(trained.detector, registered_model_name=name)
-    mv = MlflowClient().get_model_version(name, str(info.registered_model_version))
+        info = log_detector(trained.detector)
+    mv = MlflowClient().get_model_version(name, str(register_logged_model(info, name).version))
     assert mv.tags[MODEL_SHA256_TAG] == info.danvae_model_sha256
     load_detector(f"models:/{name}@challenger")  # intact: loads
 
@@ -303,8 +309,8 @@ def test_export_logs_the_onnx_file_to_the_registered_version(sqlite_default, tra
     from mlflow import MlflowClient
 
     from danvae.cli import main
-    from danvae.cli_export import ONNX_TAG
-    from danvae.onnx_export import OnnxDetector
+    from danvae.cli.export import ONNX_TAG
+    from danvae.mlops.onnx_export import OnnxDetector
 
     uri = f"models:/{MODEL_NAME}/{trained.version}"
     out = tmp_path / "champion.onnx"
@@ -326,7 +332,7 @@ def test_the_pyfunc_of_a_recorded_nuisance_model_takes_the_factor_as_a_param(sql
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from danvae.serving import OUTPUT_COLUMNS, log_detector
+    from danvae.mlops.packaging import OUTPUT_COLUMNS, log_detector
 
     det, images, lighting = lighting_run.detector, lighting_run.images[:8], lighting_run.lighting[:8]
     with mlflow.start_run(run_name="lighting-nuisance"):

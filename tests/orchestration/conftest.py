@@ -181,13 +181,13 @@ def champion(repo: Repo, name: str = MODEL) -> int | None:
     exist); raises when the registry cannot be read."""
     from mlflow.exceptions import MlflowException
 
-    from danvae.registry import CHAMPION, _is_missing
+    from danvae.mlops.registry import CHAMPION, is_missing
 
     _registry_db(repo)
     try:
         return int(registry(repo).get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
 

@@ -132,6 +132,14 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
 
 def test_changing_a_data_source_reruns_everything(tiny_repo):
     tiny_repo.dvc("repro")
+    # a change to the image decoding (not a DVC param) makes every stage that decodes images stale
+    images_py = tiny_repo.path / "danvae" / "images.py"
+    code = images_py.read_text()
+    images_py.write_text(code + "\n# changed\n")
+    stale = json.loads(tiny_repo.dvc("status", "--json").stdout)
+    assert {"ingest", "train", "score", "evaluate"} <= set(stale), stale
+    images_py.write_text(code)
+    assert "train" not in json.loads(tiny_repo.dvc("status", "--json").stdout)
     tiny_repo.set_params({"data": {"sources": [{"type": "synthetic", "name": "synthetic", "n_normal": 100,
                                                 "n_anomaly": 36, "size": 32, "difficulty": "easy", "seed": 0}]}})
     assert ran(tiny_repo.dvc("repro").stdout) == set(STAGES)

@@ -100,7 +100,7 @@ def test_pipeline_and_retrain_on_the_servers_survive_a_restart(stack, project):
     import mlflow
 
     from danvae.detector import Detector
-    from danvae.registry import load_detector
+    from danvae.mlops.registry import load_detector
 
     mlflow.set_tracking_uri(stack.mlflow_url)
     try:

@@ -17,17 +17,17 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from danvae.cli_common import (CommandError, DefaultsHelpFormatter, add_model_argument, apply_output_options,
+from danvae.cli.common import (CommandError, DefaultsHelpFormatter, add_model_argument, apply_output_options,
                                output_options, read_folder)
-from danvae.cli_export import add_export_parser
-from danvae.cli_predict import add_predict_parser
-from danvae.cli_promote import add_promote_parser
-from danvae.cli_train import add_train_parser
+from danvae.cli.export import add_export_parser
+from danvae.cli.predict import add_predict_parser
+from danvae.cli.promote import add_promote_parser
+from danvae.cli.train import add_train_parser
 from danvae.data.folders import DataError
 from danvae.data.nuisance import factor_values
-from danvae.evaluate import EvaluationError, evaluate_scores
+from danvae.evaluation.metrics import EvaluationError, evaluate_scores
 from danvae.images import ImageError
-from danvae.tracking import TrackingError
+from danvae.mlops.tracking import TrackingError
 from danvae.train import TrainingDiverged
 
 USER_ERRORS = (DataError, ImageError, EvaluationError, TrainingDiverged, TrackingError, FileNotFoundError, ValueError)
@@ -42,7 +42,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from danvae.registry import load_detector
+    from danvae.mlops.registry import load_detector
 
     on_dask = args.workers > 1 or args.dask_address
     if on_dask and not Path(args.model).is_dir():
@@ -129,6 +129,3 @@ def main(argv: list[str] | None = None) -> int:
         print("danvae: interrupted; a training run resumes from its last checkpoint", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,7 @@
 """The trained detector as an MLflow pyfunc model: log it, and what it answers.
 
     info = log_detector(det)                        # inside an active run; info.model_uri
+    info = log_run_model(run, det)                  # the same, with the run's history and calibration
     model = mlflow.pyfunc.load_model("models:/danvae@champion")
     table = model.predict(images)                   # uint8 N×H×W×C, any H, W; C = 1, 3 or 4
 
@@ -33,12 +34,13 @@ beside ``"inputs"`` in the request; the MLmodel metadata names the factor.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -50,8 +52,11 @@ from danvae.data.nuisance import BRIGHTNESS  # noqa: E402
 from danvae.images import fit_to  # noqa: E402
 from danvae.models.base import SCORE_KINDS  # noqa: E402
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
+if TYPE_CHECKING:
+    from danvae.mlops.tracking import TrainingRun
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the danvae package, shipped inside each model
+MODEL_CODE = PACKAGE_DIR / "mlops" / "pyfunc_model.py"
 DETECTOR_ARTIFACT = "detector"
 OUTPUT_COLUMNS = ("brightness", "score", "is_anomaly", "normalized_score", *SCORE_KINDS)
 TORCH_REQUIREMENT = "torch==2.13.0"  # when torch's version cannot be read; never a range (pulls a CUDA build)
@@ -196,8 +201,14 @@ def _staged_package(into: Path) -> Path:
     return dest
 
 
-def log_detector(detector, name: str = "model", registered_model_name: str | None = None, *,
-                 input_example: np.ndarray | None = None, await_registration_for: int = 300,
+def model_file_sha256(detector_dir: str | Path) -> str:
+    """SHA-256 of a saved detector's weights file."""
+    from danvae.detector import DETECTOR_FILE
+
+    return hashlib.sha256((Path(detector_dir) / DETECTOR_FILE).read_bytes()).hexdigest()
+
+
+def log_detector(detector, name: str = "model", *, input_example: np.ndarray | None = None,
                  limits: dict[str, int] | None = None):
     """Log a fitted, calibrated detector as a pyfunc model in the active run (or, when none is
     active, as a run-less logged model in experiment "danvae", which becomes the active
@@ -206,14 +217,12 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
     ``limits`` (``max_pixels``, ``max_batch``; default :class:`~danvae.config.ServeConfig`) go
     into the model's ``model_config``: every request past them is refused (HTTP 400).
 
-    With ``registered_model_name``, the model is then registered through
-    :func:`danvae.registry.register_version` (waits for READY, then alias ``challenger``;
-    a clear :class:`~danvae.registry.RegistrationError` if the registry fails) and
-    ``info.registered_model_version`` is set.
+    ``info.danvae_model_sha256`` is the weights' SHA-256; register the model with
+    :func:`danvae.mlops.registry.register_logged_model`, which records it.
     """
     import mlflow
 
-    from danvae.tracking import DEFAULT_EXPERIMENT, configure_tracking, get_or_create_experiment, quiet_downloads
+    from danvae.mlops.tracking import DEFAULT_EXPERIMENT, configure_tracking, get_or_create_experiment, quiet_downloads
 
     if detector.model is None or detector.score_kind is None or detector.threshold is None:
         raise ValueError("log_detector needs a fitted, calibrated Detector (fit() or Detector.load())")
@@ -227,13 +236,11 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
     with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():
         staged = Path(tmp)
         detector.save(staged / DETECTOR_ARTIFACT)
-        from danvae.registry import MODEL_SHA256_TAG, model_file_sha256
-
         sha256 = model_file_sha256(staged / DETECTOR_ARTIFACT)
         code = _staged_package(staged / "code")
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(code / MODEL_CODE.name),
+            python_model=str(code / MODEL_CODE.relative_to(PACKAGE_DIR)),
             artifacts={DETECTOR_ARTIFACT: str(staged / DETECTOR_ARTIFACT)},
             code_paths=[str(code)],
             signature=signature(),
@@ -245,12 +252,20 @@ def log_detector(detector, name: str = "model", registered_model_name: str | Non
                                  "threshold": meta["threshold"], "threshold_method": meta["threshold_method"],
                                  "nuisance": meta["nuisance"], "output_columns": list(OUTPUT_COLUMNS)}},
         )
-    info.danvae_model_sha256 = sha256  # register with tags={MODEL_SHA256_TAG: it}; scorers verify it
-    if registered_model_name:
-        from danvae.registry import register_version
+    info.danvae_model_sha256 = sha256  # registered as a version tag; scorers verify it
+    return info
 
-        mv = register_version(info.model_uri, registered_model_name, run_id=info.run_id,
-                              model_id=getattr(info, "model_id", None), wait_s=await_registration_for,
-                              tags={MODEL_SHA256_TAG: sha256})
-        info.registered_model_version = int(mv.version)
+
+def log_run_model(run: TrainingRun, detector, name: str = "model", input_example: np.ndarray | None = None,
+                  limits: dict[str, int] | None = None):
+    """Log the detector into a :class:`~danvae.mlops.tracking.TrainingRun` as a pyfunc, with its
+    calibration (score kind, threshold, validation AUROC per kind) and its full history."""
+    import mlflow
+
+    run.log_history(detector.history)
+    run.log_params({"detector": {"score_kind": detector.score_kind, "threshold_method": detector.threshold_method}})
+    run.log_metrics({"threshold": detector.threshold, "val_auroc_by_kind": detector.val_aurocs})
+    info = log_detector(detector, name=name, input_example=input_example, limits=limits)
+    run.model_info = info
+    mlflow.set_tags({"model_uri": info.model_uri})
     return info

@@ -65,8 +65,9 @@ def _gate_images(uri: str, data_dir: str):
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from danvae.registry import RegistryError, promote
-    from danvae.tracking import configure_tracking
+    from danvae.mlops.gate import promote
+    from danvae.mlops.registry import RegistryError
+    from danvae.mlops.tracking import configure_tracking
 
     if args.force and not (args.reason or "").strip():
         raise PromoteCommandError("--force needs --reason \"...\" (it is recorded on the model version)")
@@ -103,9 +104,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def add_promote_parser(subparsers, parent: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``promote`` to ``danvae``'s subcommands (``sub = p.add_subparsers(...)``)."""
-    from danvae.cli_common import DefaultsHelpFormatter
-    from danvae.registry import DEFAULT_AUROC_TOLERANCE, DEFAULT_DARK_TOLERANCE, DEFAULT_MIN_AUROC
+    from danvae.cli.common import DefaultsHelpFormatter
+    from danvae.config import PromoteConfig
 
+    defaults = PromoteConfig()
     p = subparsers.add_parser("promote", parents=[parent] if parent else [],
                               formatter_class=DefaultsHelpFormatter,
                               help="gate a registered model version and move the 'champion' alias",
@@ -113,11 +115,11 @@ def add_promote_parser(subparsers, parent: argparse.ArgumentParser | None = None
     p.add_argument("--name", required=True, help="registered model name")
     p.add_argument("--version", required=True, help="version number, or an alias such as 'challenger'")
     p.add_argument("--data", required=True, help="labelled test images: DIR/normal and DIR/anomaly/<defect>")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_AUROC_TOLERANCE,
+    p.add_argument("--tolerance", type=float, default=defaults.auroc_tolerance,
                    help="how much worse than the champion the overall AUROC may be")
-    p.add_argument("--dark-tolerance", type=float, default=DEFAULT_DARK_TOLERANCE,
+    p.add_argument("--dark-tolerance", type=float, default=defaults.dark_tolerance,
                    help="how much worse the darkest-quintile AUROC may be")
-    p.add_argument("--min-auroc", type=float, default=DEFAULT_MIN_AUROC,
+    p.add_argument("--min-auroc", type=float, default=defaults.min_auroc,
                    help="AUROC floor for the first champion")
     p.add_argument("--validation-report", default=None,
                    help="validate stage's JSON report; promotion needs its 'success' to be true")

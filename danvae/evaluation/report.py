@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from danvae.disentanglement import (NoNuisanceLatent, disentanglement_metrics, traversal_images,
+from danvae.evaluation.disentanglement import (NoNuisanceLatent, disentanglement_metrics, traversal_images,
                                     traversal_levels)
-from danvae.evaluate import (SCORE_COLUMNS, EvaluationError, auroc_by_score, evaluate_scores, pixel_auroc,
+from danvae.evaluation.metrics import (SCORE_COLUMNS, EvaluationError, auroc_by_score, evaluate_scores, pixel_auroc,
                              plot_data, resize_masks)
-from danvae.figures import (auroc_by_brightness_figure, heatmaps_figure, pr_figure, reconstruct,
+from danvae.evaluation.figures import (auroc_by_brightness_figure, heatmaps_figure, pr_figure, reconstruct,
                             reconstructions_figure, roc_figure, score_vs_brightness_figure, traversal_figure)
 from danvae.images import fit_to
 

@@ -3,7 +3,7 @@
     roc_figure(plots["roc"], "figures/roc.png", auroc=0.97)
     traversal_figure(traversal_images(det, imgs), "figures/zy_traversal.png", originals=imgs)
 
-Every function takes plain data (row dicts from :mod:`danvae.evaluate`, uint8 images
+Every function takes plain data (row dicts from :mod:`danvae.evaluation.metrics`, uint8 images
 N×H×W×C) and a path, writes one PNG and returns its path. Figures are drawn through
 ``matplotlib.figure.Figure`` directly, so nothing here touches pyplot's global state or
 needs a display backend.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from danvae.disentanglement import traversal_images  # noqa: F401  (re-exported: figures' data)
+from danvae.evaluation.disentanglement import traversal_images  # noqa: F401  (re-exported: figures' data)
 from danvae.images import brightness, fit_to
 
 DPI = 110

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from danvae.cli_common import CommandError, DefaultsHelpFormatter, read_folder
+from danvae.cli.common import CommandError, DefaultsHelpFormatter, read_folder
 from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NUISANCE_FILE, factor_values
 

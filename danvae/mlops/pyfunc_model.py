@@ -1,4 +1,4 @@
-"""The detector as an MLflow pyfunc, logged as "models from code" by :func:`danvae.serving.log_detector`.
+"""The detector as an MLflow pyfunc, logged as "models from code" by :func:`danvae.mlops.packaging.log_detector`.
 
 MLflow runs this file when it loads the model: nothing is pickled. The model folder
 carries the trained detector (``artifacts/detector``: ``detector.pt`` + ``detector.json``)
@@ -25,7 +25,7 @@ class DetectorModel(PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        from danvae.serving import predict_frame
+        from danvae.mlops.packaging import predict_frame
 
         try:
             nuisance = (params or {}).get("nuisance")  # a recorded nuisance factor, one value per image

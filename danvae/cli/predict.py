@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from danvae.cli_common import DefaultsHelpFormatter, add_model_argument, read_folder
+from danvae.cli.common import DefaultsHelpFormatter, add_model_argument, read_folder
 from danvae.data.nuisance import factor_values
 
 SHEET_TILES = 64
@@ -41,8 +41,8 @@ def write_index(out: Path, shown: pd.DataFrame) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from danvae.overlay import contact_sheet, overlay
-    from danvae.registry import load_detector
+    from danvae.evaluation.overlay import contact_sheet, overlay
+    from danvae.mlops.registry import load_detector
 
     det = load_detector(args.model)
     packed = read_folder(args.data, det.image_size, det.channels, progress=not args.quiet)

@@ -4,7 +4,7 @@
     danvae export --model models:/danvae-surface@champion --out model.onnx --log-to-mlflow
 
 The file takes uint8 images N×H×W×C at the model's size and returns every score kind, the
-decision, the normalised score and the heatmap (``danvae.onnx_export``). Before it reports
+decision, the normalised score and the heatmap (``danvae.mlops.onnx_export``). Before it reports
 success the command scores test images with both runtimes and fails when they differ by more
 than ``--tolerance`` (relative to each output's largest value).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from danvae.cli_common import CommandError, DefaultsHelpFormatter, add_model_argument, read_folder
+from danvae.cli.common import CommandError, DefaultsHelpFormatter, add_model_argument, read_folder
 
 PARITY_IMAGES = 16
 ONNX_TAG = "onnx_artifact"
@@ -32,7 +32,7 @@ def _check_images(det, data: str | None, quiet: bool) -> np.ndarray:
 
 
 def _version_to_log_to(uri: str):
-    from danvae.registry import registered_version
+    from danvae.mlops.registry import registered_version
 
     mv = registered_version(uri)
     if mv is None:
@@ -47,8 +47,8 @@ def _log_to_version(mv, onnx_path: Path) -> str:
     the version with where it lies."""
     from mlflow import MlflowClient
 
-    from danvae.registry import RegistryError
-    from danvae.tracking import failure_cause, log_to_run, tracking_failures
+    from danvae.mlops.registry import RegistryError
+    from danvae.mlops.tracking import failure_cause, log_to_run, tracking_failures
 
     log_to_run(mv.run_id, artifacts=[onnx_path], artifact_path="onnx")
     where = f"runs:/{mv.run_id}/onnx/{onnx_path.name}"
@@ -60,8 +60,8 @@ def _log_to_version(mv, onnx_path: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from danvae.onnx_export import OnnxDetector, export_onnx, parity
-    from danvae.registry import load_detector
+    from danvae.mlops.onnx_export import OnnxDetector, export_onnx, parity
+    from danvae.mlops.registry import load_detector
 
     version = _version_to_log_to(args.model) if args.log_to_mlflow else None
     det = load_detector(args.model)

@@ -1,11 +1,11 @@
 """MLflow tracking for DAn-VAE runs: where runs go, what a training run records, and
 logging later stages into the same run.
 
-    from danvae.tracking import TrainingRun, log_to_run
+    from danvae.mlops.tracking import TrainingRun, log_to_run
 
     with TrainingRun(params=params_yaml, data_version=manifest_md5) as run:   # experiment "danvae"
         det.fit(images, is_anomaly, on_epoch_end=run.on_epoch_end)             # per-epoch metrics
-        info = run.log_model(det, registered_model_name="danvae")              # pyfunc + registry
+        info = log_run_model(run, det)   # danvae.mlops.packaging: the pyfunc, in this run
         run.write_run_json("models/run.json")                                  # run id, model URI
     log_to_run(run_id, evaluate_scores(table), [Path("reports/roc.png")])    # score/evaluate stages
 
@@ -57,7 +57,7 @@ _BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 
 def project_root() -> Path:
     """The folder holding ``pyproject.toml`` above this package, else the working directory."""
-    pkg_parent = Path(__file__).resolve().parents[1]
+    pkg_parent = Path(__file__).resolve().parents[2]
     return pkg_parent if (pkg_parent / "pyproject.toml").is_file() else Path.cwd().resolve()
 
 
@@ -341,7 +341,7 @@ class TrainingRun:
     ``on_epoch_end`` is a ready-made ``Detector.fit(on_epoch_end=...)`` callback (step =
     the 1-based epoch of the record). The Detector adds ``val_auroc`` to an epoch's record
     after the callback returns, so that value is logged on the next call, by
-    :meth:`log_history`, :meth:`log_model`, or when the block ends.
+    :meth:`log_history`, :func:`danvae.mlops.packaging.log_run_model`, or when the block ends.
     """
 
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, *, run_name: str | None = None,
@@ -358,9 +358,7 @@ class TrainingRun:
         self.generated = tuple(generated)  # files the pipeline writes: their changes do not make the code dirty
         self.run_id: str | None = None
         self.experiment_id: str | None = None
-        self.model_info = None
-        self.registered_model: str | None = None
-        self.registered_version: str | None = None
+        self.model_info = None  # set by danvae.mlops.packaging.log_run_model
         self._logged: set[tuple[str, int]] = set()
         self._pending: tuple[int, dict] | None = None
 
@@ -488,38 +486,14 @@ class TrainingRun:
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         _log_paths(MlflowClient(), self._require_run(), paths, artifact_path)
 
-    # the model ---------------------------------------------------------------------------
-    def log_model(self, detector, name: str = "model", registered_model_name: str | None = None,
-                  input_example=None, limits: dict[str, int] | None = None):
-        """Log the detector as a pyfunc (and register it, alias ``challenger``); also log its
-        calibration (score kind, threshold, validation AUROC per kind) and full history."""
-        from danvae.serving import log_detector
-
-        self._require_run()
-        self.log_history(detector.history)
-        self.log_params({"detector": {"score_kind": detector.score_kind,
-                                      "threshold_method": detector.threshold_method}})
-        self.log_metrics({"threshold": detector.threshold, "val_auroc_by_kind": detector.val_aurocs})
-        info = log_detector(detector, name=name, registered_model_name=registered_model_name,
-                            input_example=input_example, limits=limits)
-        self.model_info = info
-        self.registered_model = registered_model_name
-        self.registered_version = (str(info.registered_model_version)
-                                   if info.registered_model_version is not None else None)
-        mlflow.set_tags({"model_uri": info.model_uri, **({"registered_model": registered_model_name}
-                                                          if registered_model_name else {})})
-        return info
-
     def summary(self) -> dict[str, Any]:
-        """What later stages need: run and experiment ids, tracking URI, model URI/id, registered version."""
+        """What later stages need: run and experiment ids, tracking URI, model URI/id."""
         info = self.model_info
         return {
             "run_id": self.run_id, "experiment_id": self.experiment_id, "experiment": self.experiment,
             "tracking_uri": redact_uri(self.tracking_uri),
             "model_uri": info.model_uri if info else None,
             "model_id": getattr(info, "model_id", None) if info else None,
-            "registered_model": self.registered_model,
-            "registered_version": self.registered_version,
             "data_version": self.data_version,
         }
 

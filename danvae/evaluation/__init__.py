@@ -1,0 +1,1 @@
+"""How well a detector does: metrics, disentanglement, figures and the report."""

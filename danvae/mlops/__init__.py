@@ -1,0 +1,1 @@
+"""MLflow around the detector: run tracking, model packaging (pyfunc, ONNX), the registry and the promotion gate."""
