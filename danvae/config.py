@@ -10,8 +10,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelName = Literal["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
-ScoreKind = Literal["auto", "kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max",
-                    "ssim_max", "selfsim_max", "head_max", "fused"]
+# What a model computes per image. Whole-image: kl_zx, llr_zx, elbo, recon. Local (the
+# smoothed maximum of a per-pixel map): recon_max (squared error), kl_zx_max (KL of the
+# z_x map), recon_norm_max (error of the brightness-normalised images), ssim_max
+# (1 − SSIM), selfsim_max (how unlike the rest of the image a patch is; no training),
+# head_max (the anomaly head). A kind a model has no map for is NaN.
+MODEL_SCORE_KINDS = ("kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max", "ssim_max",
+                     "selfsim_max", "head_max")
+# ``fused`` combines the local kinds, standardised on validation normals, in the Detector.
+SCORE_KINDS = (*MODEL_SCORE_KINDS, "fused")
+ScoreKind = Literal[("auto", *SCORE_KINDS)]  # type: ignore[valid-type]
 DEFECT_FAMILIES = ("blob_texture", "blob_shift", "line", "dots", "cutpaste", "seamless")
 
 

@@ -16,7 +16,8 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 from tqdm.auto import tqdm
 
 from danvae.evaluation.metrics import bootstrap_aurocs
-from danvae.models.base import MODEL_SCORE_KINDS, AnomalyVAE
+from danvae.config import MODEL_SCORE_KINDS
+from danvae.models.base import AnomalyVAE
 from danvae.models.self_similarity import self_dissimilarity_map
 
 # The documented default kind of each model: used unless validation holds enough anomalies

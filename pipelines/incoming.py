@@ -26,7 +26,7 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
     import pandas as pd
 
     from danvae.data.folders import scan
-    from danvae.data.ingest import QUARANTINE, load_manifest
+    from danvae.data.manifest import QUARANTINE, load_manifest
 
     root = Path(project_dir)
     folder = root / incoming

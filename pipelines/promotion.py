@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from danvae.config import Params
-from danvae.data.ingest import load_images, load_manifest
+from danvae.data.manifest import load_images, load_manifest
 from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.mlops.gate import describe_version, promote

@@ -12,31 +12,28 @@ from typing import Any  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-LABELS = ("normal", "anomaly", "unknown")
-SPLITS = ("train", "val", "test")
-CHANNELS = (1, 2, 3, 4)
+from danvae.data.manifest import LABELS, MANIFEST_COLUMNS, MANIFEST_DTYPES, SPLITS  # noqa: E402
+from danvae.data.nuisance import INFO_COLUMN  # noqa: E402
 
-STRING_COLUMNS = (
-    "id", "path", "source", "label", "defect", "split", "batch", "ingested_at", "stored_path", "mask_path",
-)
-INT_COLUMNS = ("width", "height", "channels", "row")
-FLOAT_COLUMNS = ("brightness",)
-BOOL_COLUMNS = ("resized",)
-REQUIRED_COLUMNS = (
-    "id", "path", "source", "label", "defect", "brightness", "width", "height", "channels",
-    "resized", "split", "batch", "ingested_at", "row", "stored_path", "mask_path",
-)
+CHANNELS = (1, 2, 3, 4)
+# The manifest's schema (danvae.data.manifest). The info column is not required: a manifest
+# written before it existed is read with info "" (load_manifest).
+REQUIRED_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c != INFO_COLUMN)
+STRING_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in MANIFEST_DTYPES)
+INT_COLUMNS = tuple(c for c, t in MANIFEST_DTYPES.items() if t == "int64")
+FLOAT_COLUMNS = tuple(c for c, t in MANIFEST_DTYPES.items() if t == "float64")
+BOOL_COLUMNS = tuple(c for c, t in MANIFEST_DTYPES.items() if t == "bool")
 
 # dtype names as GX's pandas type check resolves them (numpy names, pandas extension dtype classes).
 # String columns use ExpectColumnValuesToBeOfType(type_="str") instead: it accepts pandas 3's default
 # ``str`` dtype, ``string[python]``/``string[pyarrow]`` and object columns holding str, whereas a type
 # list cannot name the ``str`` dtype (StringDtype with NaN as missing value) in a way GX matches.
-_INT_TYPES = [
+INT_TYPES = [
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "Int8Dtype", "Int16Dtype", "Int32Dtype", "Int64Dtype", "UInt8Dtype", "UInt16Dtype", "UInt32Dtype", "UInt64Dtype",
 ]
-_FLOAT_TYPES = ["float16", "float32", "float64", "Float32Dtype", "Float64Dtype"]
-_BOOL_TYPES = ["bool", "BooleanDtype"]
+FLOAT_TYPES = ["float16", "float32", "float64", "Float32Dtype", "Float64Dtype"]
+BOOL_TYPES = ["bool", "BooleanDtype"]
 
 MAX_EXAMPLES = 5
 _SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -96,11 +93,11 @@ class _GXRunner:
         for col in STRING_COLUMNS:
             add((col,), E.ExpectColumnValuesToBeOfType, "types", column=col, type_="str")
         for col in INT_COLUMNS:
-            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=_INT_TYPES)
+            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=INT_TYPES)
         for col in FLOAT_COLUMNS:
-            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=_FLOAT_TYPES)
+            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=FLOAT_TYPES)
         for col in BOOL_COLUMNS:
-            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=_BOOL_TYPES)
+            add((col,), E.ExpectColumnValuesToBeInTypeList, "types", column=col, type_list=BOOL_TYPES)
         for col in REQUIRED_COLUMNS:
             add((col,), E.ExpectColumnValuesToNotBeNull, "nulls", column=col)
 
@@ -148,7 +145,7 @@ _RUNNER: _GXRunner | None = None
 _RUNNER_LOCK = threading.Lock()
 
 
-def _gx_runner() -> _GXRunner:
+def gx_runner() -> _GXRunner:
     """The one place where Great Expectations is imported and its context created."""
     global _RUNNER
     with _RUNNER_LOCK:

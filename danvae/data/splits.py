@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from danvae.config import SplitShares
+from danvae.data.manifest import SPLITS
 
-SPLITS = ("train", "val", "test")
 _DIGITS = 15  # 60 bits of the hash: exact in a float64 mantissa's range, plenty of resolution
 _SCALE = float(16**_DIGITS)
 

@@ -33,7 +33,8 @@ import pandas as pd
 
 from danvae.config import DataConfig, ValidateConfig
 from danvae.data.drift import DriftResult, brightness_drift
-from danvae.data.gx_suite import CHANNELS, LABELS, MAX_EXAMPLES, REQUIRED_COLUMNS, SPLITS, _BOOL_TYPES, _INT_TYPES, _gx_runner
+from danvae.data.gx_suite import BOOL_TYPES, CHANNELS, INT_TYPES, MAX_EXAMPLES, REQUIRED_COLUMNS, gx_runner
+from danvae.data.manifest import LABELS, SPLITS
 
 __all__ = [
     "CheckResult",
@@ -167,7 +168,7 @@ def validate_manifest(
     df = manifest.reset_index(drop=True)
     present = tuple(c for c in REQUIRED_COLUMNS if c in df.columns)
 
-    gx_result = _gx_runner().run(df, present, image_size)
+    gx_result = gx_runner().run(df, present, image_size)
     checks = [_check_from_gx(res, df) for res in gx_result.results]
     checks.sort(key=lambda c: (not c.critical, _CATEGORY_ORDER.get(c.details.get("category"), 99)))
     checks.extend(_count_checks(df, cfg, data))
@@ -293,9 +294,9 @@ def _fallback_examples(df: pd.DataFrame, exp_type: str, kwargs: dict) -> list[di
         bad = s.map(lambda v: not isinstance(v, str) and not _is_missing(v)) | s.isna()
     elif exp_type == "expect_column_values_to_be_in_type_list":
         type_list = kwargs.get("type_list") or []
-        if type_list == _BOOL_TYPES:
+        if type_list == BOOL_TYPES:
             bad = ~s.map(lambda v: isinstance(v, (bool, np.bool_)))
-        elif type_list == _INT_TYPES:
+        elif type_list == INT_TYPES:
             bad = ~s.map(lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
             as_num = pd.to_numeric(s, errors="coerce")
             worst = as_num.isna() | (as_num.round() != as_num)

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import (average_precision_score, f1_score, precision_recall_curve, precision_score,
                              recall_score, roc_auc_score, roc_curve)
 
-from danvae.models.base import SCORE_KINDS
+from danvae.config import SCORE_KINDS
 
 N_BRIGHTNESS_BINS = 5
 MAX_CURVE_POINTS = 200

@@ -50,7 +50,7 @@ import pandas as pd  # noqa: E402
 from danvae.config import ServeConfig  # noqa: E402
 from danvae.data.nuisance import BRIGHTNESS  # noqa: E402
 from danvae.images import fit_to  # noqa: E402
-from danvae.models.base import SCORE_KINDS  # noqa: E402
+from danvae.config import SCORE_KINDS  # noqa: E402
 
 if TYPE_CHECKING:
     from danvae.mlops.tracking import TrainingRun

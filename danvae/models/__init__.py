@@ -7,8 +7,8 @@
 """
 from __future__ import annotations
 
-from danvae.config import ModelConfig
-from danvae.models.base import MODEL_SCORE_KINDS, SCORE_KINDS, AnomalyVAE, Batch, LossWeights
+from danvae.config import MODEL_SCORE_KINDS, SCORE_KINDS, ModelConfig
+from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.danvae import DAnVAE
 from danvae.models.spatial import SpatialDAnVAE, SpatialVAE
 from danvae.models.vae import VAE

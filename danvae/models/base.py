@@ -14,16 +14,6 @@ from torch import nn
 from danvae.models import scores as S
 from danvae.models.self_similarity import self_dissimilarity_map
 
-# What a model computes per image. Whole-image: kl_zx, llr_zx, elbo, recon. Local (the
-# smoothed maximum of a per-pixel map): recon_max (squared error), kl_zx_max (KL of the
-# z_x map), recon_norm_max (error of the brightness-normalised images), ssim_max
-# (1 − SSIM), selfsim_max (how unlike the rest of the image a patch is; no training),
-# head_max (the anomaly head). A kind a model has no map for is NaN.
-MODEL_SCORE_KINDS = ("kl_zx", "llr_zx", "elbo", "recon", "recon_max", "kl_zx_max", "recon_norm_max", "ssim_max",
-                     "selfsim_max", "head_max")
-# ``fused`` combines the local kinds, standardised on validation normals, in the Detector.
-SCORE_KINDS = (*MODEL_SCORE_KINDS, "fused")
-
 
 @dataclass
 class Batch:
@@ -85,7 +75,7 @@ class AnomalyVAE(nn.Module):
     @torch.no_grad()
     def scores(self, x: torch.Tensor, y: torch.Tensor, dissimilarity: torch.Tensor | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Every kind of :data:`MODEL_SCORE_KINDS` per image, and the per-pixel maps (B×H×W) by kind.
+        """Every kind of :data:`danvae.config.MODEL_SCORE_KINDS` per image, and the per-pixel maps (B×H×W) by kind.
         ``dissimilarity``: ``x``'s self-dissimilarity maps when already known (they do not
         depend on the model, so a caller scoring the same images again passes them)."""
         mu, logvar = self.anomaly_latent(x)

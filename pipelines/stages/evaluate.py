@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from danvae.config import Params
-from danvae.data.ingest import load_images, load_manifest
+from danvae.data.manifest import load_images, load_manifest
 from danvae.data.selection import training_rows
 from danvae.detector import Detector
 from danvae.evaluation.report import evaluate_run

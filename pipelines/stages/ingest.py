@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from danvae.config import Params
-from danvae.data.ingest import ingest, materialize_sources
+from danvae.data.ingest import ingest
+from danvae.data.sources import materialize_sources
 from pipelines.stages.common import run_stage
 
 DATA = Path("data")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from danvae.config import Params
 from danvae.dask_scoring import score_anywhere
-from danvae.data.ingest import load_images, load_manifest
+from danvae.data.manifest import load_images, load_manifest
 from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.detector import Detector

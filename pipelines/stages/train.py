@@ -9,7 +9,7 @@ from pathlib import Path
 
 from danvae.config import Params
 from danvae.data.folders import DataError
-from danvae.data.ingest import load_images, load_manifest
+from danvae.data.manifest import load_images, load_manifest
 from danvae.data.masks import has_mask, load_masks
 from danvae.data.nuisance import BRIGHTNESS, factor_values
 from danvae.data.selection import training_rows, validation_rows

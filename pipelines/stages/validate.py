@@ -6,7 +6,7 @@ from pathlib import Path
 
 from danvae.config import Params
 from danvae.data.data_docs import DataDocsError, build_data_docs
-from danvae.data.ingest import load_manifest
+from danvae.data.manifest import load_manifest
 from danvae.data.validation import validate_manifest
 from pipelines.stages.common import run_stage, write_json
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from danvae import Detector
-from danvae.data.ingest import QUARANTINE, ingest
+from danvae.data.ingest import ingest
+from danvae.data.manifest import QUARANTINE
 from danvae.data.nuisance import INFO_COLUMN, NUISANCE_FILE, NuisanceError, nuisance_values, read_nuisance_file
 from danvae.data.synthetic import generate_surfaces
 from danvae.evaluation.metrics import evaluate_scores

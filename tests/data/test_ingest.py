@@ -14,15 +14,11 @@ import pytest
 from PIL import Image
 
 from danvae.config import FolderSource, SplitShares, SyntheticSource
-from danvae.data import ingest as ingest_mod
+from danvae.data import store as store_mod
 from danvae.data.folders import DataError
-from danvae.data.ingest import (
-    MANIFEST_COLUMNS,
-    ingest,
-    load_images,
-    load_manifest,
-    materialize_sources,
-)
+from danvae.data.ingest import ingest
+from danvae.data.manifest import MANIFEST_COLUMNS, load_images, load_manifest
+from danvae.data.sources import materialize_sources
 from danvae.data.splits import split_of, split_of_many
 from danvae.data.synthetic import generate_surfaces
 from danvae.images import read_image
@@ -247,8 +243,8 @@ def test_changed_image_size_repacks_from_the_store(surfaces, tmp_path):
 
 def test_workers_pool_gives_the_same_result(surfaces, tmp_path, monkeypatch, caplog):
     a, b = surfaces
-    monkeypatch.setattr(ingest_mod, "_PARALLEL_FROM", 1)
-    with caplog.at_level("WARNING", logger="danvae.data.ingest"):
+    monkeypatch.setattr(store_mod, "_PARALLEL_FROM", 1)
+    with caplog.at_level("WARNING", logger="danvae.data.store"):
         pooled = ingest([("a", a), ("b", b)], tmp_path / "pool", SIZE, 3, SHARES, workers=2).manifest
     assert "worker pool failed" not in caplog.text, "the pool itself must have run, not the in-process fallback"
     serial = ingest([("a", a), ("b", b)], tmp_path / "serial", SIZE, 3, SHARES, workers=1).manifest

@@ -13,7 +13,8 @@ from PIL import Image
 
 from danvae.config import SplitShares
 from danvae.data.folders import scan
-from danvae.data.ingest import ingest, load_manifest
+from danvae.data.ingest import ingest
+from danvae.data.manifest import load_manifest
 from danvae.data.masks import MaskError, check_mask, find_masks, has_mask, load_masks
 
 SIZE = 16  # the ingest's image size

@@ -132,7 +132,8 @@ def test_a_quarantined_symlink_loop_does_not_stop_the_new_image_finder(tmp_path)
 def test_the_bad_input_corpus_does_not_stop_the_new_image_finder(bad_corpus, tmp_path):
     """Before ingest every readable image is new (the FIFO is not opened); after it nothing is,
     bad files included, until one of them changes."""
-    from danvae.data.ingest import ingest, load_manifest
+    from danvae.data.ingest import ingest
+    from danvae.data.manifest import load_manifest
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     before = find_new_images(tmp_path, incoming="src")
