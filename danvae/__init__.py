@@ -7,8 +7,17 @@
 """
 from __future__ import annotations
 
-__all__ = ["Detector", "load_folder"]
+import os
+
+__all__ = ["Detector", "load_folder", "OFFLINE_ENV"]
 __version__ = "0.1.0"
+
+# The tools' telemetry switches (see the stack notes), set before any of them is imported:
+# whatever of danvae runs, it sends nothing anywhere.
+OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+               "DO_NOT_TRACK": "1"}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 def __getattr__(name: str):

@@ -131,6 +131,11 @@ def decode_image(data: bytes, size: int, channels: int = 3) -> tuple[np.ndarray,
     return arr, ImageInfo(width, height, source_channels, mode, resized, fmt)
 
 
+_READ_FAILURES = ((FileNotFoundError, "file not found (or a broken symlink)"),
+                  (PermissionError, "unreadable: permission denied"),
+                  (IsADirectoryError, "is a folder, not an image file"))
+
+
 def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of one regular file; ImageError with a reason for anything else.
 
@@ -152,16 +157,9 @@ def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with open(fd, "rb") as fh:
             data = fh.read(max_bytes + 1)
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError("file not found (or a broken symlink)") from None
-    except PermissionError:
-        raise ImageError("unreadable: permission denied") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image file") from None
     except OSError as exc:
-        raise ImageError(f"unreadable: {_one_line(exc.strerror or exc)}") from None
+        reason = next((text for kind, text in _READ_FAILURES if isinstance(exc, kind)), None)
+        raise ImageError(reason or f"unreadable: {_one_line(exc.strerror or exc)}") from None
     if not data:
         raise ImageError("empty file (0 bytes)")
     if len(data) > max_bytes:

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import pipelines  # noqa: F401  (offline/no-telemetry defaults and PREFECT_HOME before prefect loads)
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -48,13 +49,14 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
+from pipelines.env import tool_env
 from pipelines.incoming import find_new_images  # noqa: F401 (re-exported)
+from pipelines.paths import validation_passed as _validation_passed
 from pipelines.single_flight import LOCK_FILE, RETRAIN_LIMIT, SingleFlight  # noqa: F401 (re-exported)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "validate", "train", "score", "evaluate")
+STAGES = tuple(yaml.safe_load((PROJECT_DIR / "dvc.yaml").read_text())["stages"])  # in the pipeline's order
 TRAIN_FLOW = "train-stage"
-DATA_DIR = Path("data")
 NO_NEW_IMAGES = "no new images"
 SKIPPED = "Skipped"  # the state name of a stage task whose DVC stage was up to date
 STAGE_RETRIES = 2
@@ -73,7 +75,7 @@ class StageFailed(RuntimeError):
         self.stage, self.message, self.returncode, self.retriable = stage, message, returncode, retriable
 
 
-class ValidationFailed(StageFailed):
+class ValidationStageFailed(StageFailed):
     """The validate stage refused the data (critical expectation or brightness drift): never retried."""
 
     def __init__(self, message: str, returncode: int | None = None):
@@ -107,20 +109,12 @@ def _params(root: Path, params_path: str):
     return load_params(root / params_path)
 
 
-def _tool_env() -> dict[str, str]:
-    """The environment for dvc and the stages: this interpreter's bin first, output unbuffered."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 def _failure(stage: str, lines: list[str], returncode: int) -> StageFailed:
     """Turn a failed ``dvc repro`` into the right error: validation, a user error, or transient."""
     text = "\n".join(lines)
     failed = re.search(rf"^{stage}: FAILED: .*$", text, re.M)
     if stage == "validate" and failed:
-        return ValidationFailed(failed.group(0), returncode)
+        return ValidationStageFailed(failed.group(0), returncode)
     user = re.search(rf"^{stage}: error: .*$", text, re.M)
     if user:
         return StageFailed(stage, user.group(0), returncode, retriable=False)
@@ -139,7 +133,7 @@ def run_dvc_stage(stage: str, root: Path, logger=None) -> dict[str, Any]:  # noq
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     start = time.monotonic()
     lines: list[str] = []
-    proc = subprocess.Popen(cmd, cwd=root, env=_tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -353,8 +347,7 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
         else:
             previous = _stage(stage, str(root), after=previous)
         stages[stage] = previous.result()
-    report = root / "reports" / "validation.json"
-    validation_passed = bool(json.loads(report.read_text()).get("success", False)) if report.exists() else False
+    validation_passed = _validation_passed(root)
     metrics = metrics_artifact(str(root), stages)
     promotion = register_and_promote_task(str(root), params_path, validation_passed)
     ran = [s for s, r in stages.items() if not r.get("skipped")]
@@ -368,7 +361,7 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
 # ----------------------------------------------------------------------------- retraining
 def dvc_stale(root: Path) -> list[str]:
     """Stages ``dvc status`` reports as changed (read-only; [] when up to date or when DVC cannot tell)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=_tool_env(),
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=tool_env(),
                           capture_output=True, text=True, timeout=300)
     try:
         status = json.loads(proc.stdout or "{}")

@@ -7,7 +7,7 @@ import stat
 from datetime import datetime
 from pathlib import Path
 
-DATA_DIR = Path("data")
+from pipelines.paths import DATA
 
 
 def _resolved(path: Path) -> str:
@@ -32,9 +32,9 @@ def find_new_images(project_dir: str | Path, incoming: str | Path = "data/incomi
     folder = root / incoming
     if not folder.is_dir():
         return []
-    known = set(load_manifest(root / DATA_DIR)["id"])
+    known = set(load_manifest(root / DATA)["id"])
     refused: dict[str, float] = {}
-    qpath = root / DATA_DIR / QUARANTINE
+    qpath = root / DATA / QUARANTINE
     if qpath.exists():
         try:
             q = pd.read_csv(qpath, dtype=str, keep_default_na=False)

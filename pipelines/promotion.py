@@ -20,18 +20,14 @@ from danvae.data.selection import test_rows
 from danvae.mlops.gate import describe_version, promote
 from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
 from danvae.mlops.tracking import configure_tracking
-
-
-def validation_passed(project_dir: Path) -> bool:
-    report = project_dir / "reports" / "validation.json"
-    return report.exists() and bool(json.loads(report.read_text()).get("success"))
+from pipelines.paths import RUN_FILE, validation_passed
 
 
 def register_and_promote(project_dir: Path, params: Params, validation_passed_: bool | None = None, *,
                          force: bool = False, reason: str | None = None) -> dict:
     project_dir = Path(project_dir).resolve()
     configure_tracking(root=project_dir)
-    run_file = project_dir / "models" / "run.json"
+    run_file = project_dir / RUN_FILE
     if not run_file.exists():
         raise FileNotFoundError(f"{run_file} not found: run the pipeline's train stage first")
     run = json.loads(run_file.read_text())

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import PROJECT_ROOT
+from pipelines.env import tool_env
 
 STATE_FILE = Path(".prefect/schedule.json")
 LOG_DIR = Path(".prefect/logs")
@@ -50,12 +51,8 @@ def prefect_home(project: Path) -> Path:
 
 def base_env(project: Path, api_url: str | None = None) -> dict[str, str]:
     """Environment for every Prefect process this module starts: state inside the project, offline."""
-    env = dict(os.environ)
-    env.update(PREFECT_HOME=str(prefect_home(project)),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
-               DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GX_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", PROJECT_DIR=str(project))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = tool_env(PREFECT_HOME=str(prefect_home(project)), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+                   PYTHONUNBUFFERED="1", PROJECT_DIR=str(project))
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

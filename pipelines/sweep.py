@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from pipelines.env import tool_env
 
 MODELS = ("vae", "dpvae", "danvae")
 ZX_DIMS = (24, 56, 120)
@@ -210,15 +211,10 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, normals_only_note: bool = Tru
 # ---- talking to DVC -----------------------------------------------------------------
 
 
-def tool_env(repo: Path) -> dict[str, str]:
-    """The environment for dvc and the stages: offline, no telemetry, this interpreter's
-    folder first on PATH (so a stage's ``python`` is the venv's), MLflow runs kept in
+def dvc_env(repo: Path) -> dict[str, str]:
+    """The environment for dvc and the stages (:func:`pipelines.env.tool_env`), MLflow runs kept in
     ``<repo>/mlflow.db`` even from DVC's temporary experiment copies."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    env = tool_env()
     env.setdefault("MPLCONFIGDIR", str(repo / ".cache" / "matplotlib"))
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo.resolve() / 'mlflow.db'}")
     # .dvc/config may name a relative core.site_cache_dir (this project's: tmp/site_cache); DVC
@@ -249,7 +245,7 @@ def _site_cache_dir(repo: Path) -> Path | None:
 
 
 def dvc(repo: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=tool_env(repo), text=True,
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=dvc_env(repo), text=True,
                           capture_output=capture, check=False)
 
 
@@ -332,8 +328,7 @@ def mlflow_runs(repo: Path) -> pd.DataFrame:
     """Every run of the project's MLflow experiment (``tracking.experiment`` in params.yaml)."""
     import yaml
 
-    env = tool_env(repo)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env = dvc_env(repo)
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])

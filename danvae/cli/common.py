@@ -59,8 +59,11 @@ def apply_output_options(args: argparse.Namespace) -> None:
                         format="danvae: %(levelname)s %(name)s: %(message)s")
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """``--model``: what every command that uses a trained detector reads it from."""
+def add_model_command(subparsers, name: str, parent: argparse.ArgumentParser, help: str,
+                      description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that uses a trained detector: its parser, with ``--model`` to read it from."""
+    parser = subparsers.add_parser(name, parents=[parent], formatter_class=DefaultsHelpFormatter, help=help,
+                                   description=description)
     parser.add_argument("--model", required=True,
                         help="a run folder written by 'danvae train', or an MLflow URI such as models:/NAME@champion")
-
+    return parser

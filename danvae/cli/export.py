@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from danvae.cli.common import CommandError, DefaultsHelpFormatter, add_model_argument, read_folder
+from danvae.cli.common import CommandError, add_model_command, read_folder
 
 PARITY_IMAGES = 16
 ONNX_TAG = "onnx_artifact"
@@ -79,10 +79,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def add_export_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", parents=[parent], formatter_class=DefaultsHelpFormatter,
-                              help="the scoring graph as an ONNX file for onnxruntime",
-                              description=__doc__.split("\n")[0])
-    add_model_argument(p)
+    p = add_model_command(subparsers, "export", parent, "the scoring graph as an ONNX file for onnxruntime",
+                          __doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--data", help="a folder whose first images the parity check scores (default: generated ones)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from danvae.cli.common import (CommandError, DefaultsHelpFormatter, add_model_argument, apply_output_options,
+from danvae.cli.common import (CommandError, DefaultsHelpFormatter, add_model_command, apply_output_options,
                                output_options, read_folder)
 from danvae.cli.export import add_export_parser
 from danvae.cli.predict import add_predict_parser
@@ -90,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub, common)
 
-    s = sub.add_parser("score", parents=[common], formatter_class=defaults, help="score every image in a folder")
-    add_model_argument(s)
+    s = add_model_command(sub, "score", common, "score every image in a folder")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--workers", type=int, default=1,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from danvae.cli.common import DefaultsHelpFormatter, add_model_argument, read_folder
+from danvae.cli.common import add_model_command, read_folder
 from danvae.data.nuisance import factor_values
 
 SHEET_TILES = 64
@@ -73,10 +73,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def add_predict_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("predict", parents=[parent], formatter_class=DefaultsHelpFormatter,
-                              help="decisions, normalised scores and heatmap overlays for a folder",
-                              description=__doc__.split("\n")[0])
-    add_model_argument(p)
+    p = add_model_command(subparsers, "predict", parent, "decisions, normalised scores and heatmap overlays for a folder",
+                          __doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the image folder (any layout; normal/ and anomaly/ give labels)")
     p.add_argument("--out", required=True, help="the folder for predictions.csv, overlays/ and the contact sheet")
     p.add_argument("--all", action="store_true", help="an overlay for every image, not only the flagged ones")

@@ -9,10 +9,8 @@ each run has its own page naming every expectation with its observed value.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 CONTEXT_DIR = "gx"  # what GX itself calls the folder of a file-backed context
 SITE = "local_site"

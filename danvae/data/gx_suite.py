@@ -3,17 +3,13 @@ in-memory context that runs it (created once per process; GX is imported on firs
 """
 from __future__ import annotations
 
-import os
+import threading
+from typing import Any
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import pandas as pd
 
-import threading  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from danvae.data.manifest import LABELS, MANIFEST_COLUMNS, MANIFEST_DTYPES, SPLITS  # noqa: E402
-from danvae.data.nuisance import INFO_COLUMN  # noqa: E402
+from danvae.data.manifest import LABELS, MANIFEST_COLUMNS, MANIFEST_DTYPES, SPLITS
+from danvae.data.nuisance import INFO_COLUMN
 
 CHANNELS = (1, 2, 3, 4)
 # The manifest's schema (danvae.data.manifest). The info column is not required: a manifest

@@ -18,10 +18,6 @@ Great Expectations is imported on first use (about 3-6 s); the context lives in 
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
 import math
 import time
 from dataclasses import dataclass, field

@@ -47,34 +47,40 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 # ---- curves and charts -------------------------------------------------------------
-def roc_figure(rows: Sequence[dict], path: str | Path, auroc: float | None = None, title: str = "ROC") -> Path:
+def _curve_figure(path: str | Path, curve: tuple[list, list] | None, label: str, missing: str, legend: str,
+                  chance, **axes) -> Path:
+    """A curve in the unit square (``missing`` written instead when there is none), over ``chance(ax)``."""
     fig = Figure(layout="constrained", figsize=(3.6, 3.4))
     ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance")
-    if rows:
-        ax.plot([r["fpr"] for r in rows], [r["tpr"] for r in rows], lw=2, label=f"AUROC {_fmt(auroc)}")
+    chance(ax)
+    if curve:
+        ax.plot(*curve, lw=2, label=label)
     else:
-        ax.text(0.5, 0.5, "needs normal and anomalous images", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate", ylabel="true-positive rate", title=title)
-    ax.legend(loc="lower right", fontsize=8)
+        ax.text(0.5, 0.5, missing, ha="center", va="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), **axes)
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def roc_figure(rows: Sequence[dict], path: str | Path, auroc: float | None = None, title: str = "ROC") -> Path:
+    def chance(ax) -> None:
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance")
+
+    curve = ([r["fpr"] for r in rows], [r["tpr"] for r in rows]) if rows else None
+    return _curve_figure(path, curve, f"AUROC {_fmt(auroc)}", "needs normal and anomalous images", "lower right",
+                         chance, xlabel="false-positive rate", ylabel="true-positive rate", title=title)
 
 
 def pr_figure(rows: Sequence[dict], path: str | Path, auprc: float | None = None, base_rate: float | None = None,
               title: str = "Precision-recall") -> Path:
-    fig = Figure(layout="constrained", figsize=(3.6, 3.4))
-    ax = fig.add_subplot()
-    if base_rate is not None:
-        ax.axhline(base_rate, color="0.7", lw=1, ls="--", label=f"chance ({base_rate:.2f})")
-    if rows:
-        ax.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=2, label=f"AUPRC {_fmt(auprc)}")
-    else:
-        ax.text(0.5, 0.5, "needs anomalous images", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    def chance(ax) -> None:
+        if base_rate is not None:
+            ax.axhline(base_rate, color="0.7", lw=1, ls="--", label=f"chance ({base_rate:.2f})")
+
+    curve = ([r["recall"] for r in rows], [r["precision"] for r in rows]) if rows else None
+    return _curve_figure(path, curve, f"AUPRC {_fmt(auprc)}", "needs anomalous images", "lower left", chance,
+                         xlabel="recall", ylabel="precision", title=title)
 
 
 def auroc_by_brightness_figure(rows: Sequence[dict], path: str | Path, overall: float | None = None) -> Path:

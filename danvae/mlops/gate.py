@@ -114,6 +114,15 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _against_champion(what: str, a: float, b: float, tolerance: float, champion_version: str | None
+                      ) -> tuple[bool, str]:
+    """Whether the challenger's figure ``a`` is within ``tolerance`` below the champion's ``b``, and why."""
+    if a < b - tolerance:
+        return False, (f"{what} {_fmt(a)} is {b - a:.4f} below champion v{champion_version}'s {_fmt(b)} "
+                       f"(tolerance {tolerance:g})")
+    return True, f"{what} {_fmt(a)} vs champion v{champion_version}'s {_fmt(b)} (tolerance {tolerance:g})"
+
+
 def _judge(ch: dict, champ: dict | None, champion_version: str | None, *, auroc_tolerance: float,
            dark_tolerance: float, validation_passed: bool | None, min_auroc: float) -> tuple[bool, str]:
     """The gate itself: (passes, reason). ``validation_passed`` None: no report was given (not judged)."""
@@ -133,21 +142,16 @@ def _judge(ch: dict, champ: dict | None, champion_version: str | None, *, auroc_
         b = champ.get("auroc")
         if a is None or b is None:
             failures.append("AUROC cannot be computed (the gate images need normal and anomalous images)")
-        elif a < b - auroc_tolerance:
-            failures.append(f"AUROC {_fmt(a)} is {b - a:.4f} below champion v{champion_version}'s {_fmt(b)} "
-                            f"(tolerance {auroc_tolerance:g})")
         else:
-            notes.append(f"AUROC {_fmt(a)} vs champion v{champion_version}'s {_fmt(b)} "
-                         f"(tolerance {auroc_tolerance:g})")
+            ok, text = _against_champion("AUROC", a, b, auroc_tolerance, champion_version)
+            (notes if ok else failures).append(text)
         da, db = ch.get("auroc_darkest"), champ.get("auroc_darkest")
         if da is None or db is None:
             # Same images for both, so both are None: no anomalies (or no normals) among the darkest fifth.
             notes.append("darkest-quintile AUROC not computable on these images (one class only); not judged")
-        elif da < db - dark_tolerance:
-            failures.append(f"darkest-quintile AUROC {_fmt(da)} is {db - da:.4f} below champion "
-                            f"v{champion_version}'s {_fmt(db)} (tolerance {dark_tolerance:g})")
         else:
-            notes.append(f"darkest-quintile AUROC {_fmt(da)} vs {_fmt(db)} (tolerance {dark_tolerance:g})")
+            ok, text = _against_champion("darkest-quintile AUROC", da, db, dark_tolerance, champion_version)
+            (notes if ok else failures).append(text)
     notes.append("validation passed" if validation_passed else "validation not checked (no report given)")
     if failures:
         return False, "; ".join(failures)

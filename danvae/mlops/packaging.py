@@ -35,22 +35,18 @@ beside ``"inputs"`` in the request; the MLmodel metadata names the factor.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from danvae.config import ServeConfig  # noqa: E402
-from danvae.data.nuisance import BRIGHTNESS  # noqa: E402
-from danvae.images import fit_to  # noqa: E402
-from danvae.config import SCORE_KINDS  # noqa: E402
+from danvae.config import SCORE_KINDS, ServeConfig
+from danvae.data.nuisance import BRIGHTNESS
+from danvae.images import fit_to
 
 if TYPE_CHECKING:
     from danvae.mlops.tracking import TrainingRun

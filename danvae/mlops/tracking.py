@@ -28,18 +28,15 @@ import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-# Set before mlflow is first imported by anything that goes through this module.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from danvae.process import pid_alive  # noqa: E402
+from danvae.process import pid_alive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -474,8 +471,6 @@ class TrainingRun:
                           f"they are retried when the model is logged", stacklevel=2)
         self._pending = (step, record)  # the same dict gets val_auroc after we return
         return None
-
-    __call__ = on_epoch_end
 
     def log_history(self, history: Iterable[Mapping[str, Any]]) -> None:
         """Log every epoch record not logged yet (e.g. epochs a resumed training skipped)."""

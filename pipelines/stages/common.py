@@ -15,11 +15,11 @@ from danvae.images import ImageError
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError
 from danvae.mlops.tracking import TrackingError
 from danvae.train import DeviceUnavailable, TrainingDiverged
+from pipelines.paths import RUN_FILE
 
 # Failures a rerun of the same stage would repeat: one line on stderr, exit 1, not retried.
 USER_ERRORS = (ParamsError, DataError, ImageError, FileNotFoundError, TrackingError, DeviceUnavailable,
                TrainingDiverged, CorruptModelFileError, UnsafeModelFileError)
-RUN_FILE = Path("models/run.json")
 # A full disk or quota: one line too, but worth retrying once space is freed (the flow retries it).
 NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 

@@ -14,12 +14,11 @@ from danvae.data.selection import training_rows
 from danvae.detector import Detector
 from danvae.evaluation.report import evaluate_run
 from danvae.mlops.tracking import configure_tracking, log_to_run
+from pipelines.paths import DATA, VALIDATION_REPORT
 from pipelines.stages.common import format_figure, read_run, run_stage
 
-DATA = Path("data")
 SCORES = Path("reports/scores.csv")
 HEATMAPS = Path("reports/heatmaps.npz")
-VALIDATION = Path("reports/validation.json")
 OUT = Path("reports")
 
 
@@ -39,7 +38,7 @@ def main(params: Params) -> None:
     with np.load(HEATMAPS) as stored:
         position = {i: k for k, i in enumerate(stored["ids"])}
         heatmaps = stored["heatmaps"][[position[i] for i in test_ids]]
-    docs = json.loads(VALIDATION.read_text()).get("data_docs") if VALIDATION.exists() else None
+    docs = json.loads(VALIDATION_REPORT.read_text()).get("data_docs") if VALIDATION_REPORT.exists() else None
     docs = Path(docs) if docs and Path(docs).is_file() else None
     train = training_rows(manifest, params.data.train_anomaly_ratio)
     train = train[train["label"] == "normal"]

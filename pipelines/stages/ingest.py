@@ -6,9 +6,9 @@ from pathlib import Path
 from danvae.config import Params
 from danvae.data.ingest import ingest
 from danvae.data.sources import materialize_sources
+from pipelines.paths import DATA
 from pipelines.stages.common import run_stage
 
-DATA = Path("data")
 
 
 def main(params: Params) -> None:

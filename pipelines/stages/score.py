@@ -14,9 +14,9 @@ from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
 from danvae.mlops.tracking import configure_tracking, log_to_run
+from pipelines.paths import DATA
 from pipelines.stages.common import read_run, run_stage
 
-DATA = Path("data")
 MODEL_DIR = Path("models/detector")
 SCORES = Path("reports/scores.csv")
 HEATMAPS = Path("reports/heatmaps.npz")

@@ -15,12 +15,12 @@ from danvae.data.nuisance import BRIGHTNESS, factor_values
 from danvae.data.selection import training_rows, validation_rows
 from danvae.detector import Detector
 from danvae.distributed import launch, requested_world
-from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
 from danvae.mlops.packaging import log_run_model
+from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
 from danvae.mlops.tracking import TrainingRun, configure_tracking, git_commit, portable_uri
-from pipelines.stages.common import RUN_FILE, pipeline_outputs, run_stage, write_json
+from pipelines.paths import DATA, RUN_FILE
+from pipelines.stages.common import pipeline_outputs, run_stage, write_json
 
-DATA = Path("data")
 MODEL_DIR = Path("models/detector")
 
 METRICS = Path("models/train_metrics.json")

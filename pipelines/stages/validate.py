@@ -8,9 +8,9 @@ from danvae.config import Params
 from danvae.data.data_docs import DataDocsError, build_data_docs
 from danvae.data.manifest import load_manifest
 from danvae.data.validation import validate_manifest
+from pipelines.paths import VALIDATION_REPORT
 from pipelines.stages.common import run_stage, write_json
 
-REPORT = Path("reports/validation.json")
 
 
 def main(params: Params) -> None:
@@ -22,7 +22,7 @@ def main(params: Params) -> None:
         summary["data_docs"] = build_data_docs(report.gx_result, Path.cwd()).relative_to(Path.cwd()).as_posix()
     except DataDocsError as exc:  # the docs are a view of the result; the result itself stands
         print(f"validate: warning: {exc}", file=sys.stderr)
-    write_json(REPORT, summary)
+    write_json(VALIDATION_REPORT, summary)
     drift = report.drift.message if report.drift else "no drift check"
     docs = f"; Data Docs {summary['data_docs']}" if "data_docs" in summary else ""
     print(f"validate: {len(report.checks)} checks, {len(report.warnings)} warnings; {drift}{docs}")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.flows import (LOCK_FILE, StageFailed, ValidationFailed, _failure, _transient, find_new_images,
+from pipelines.flows import (LOCK_FILE, StageFailed, ValidationStageFailed, _failure, _transient, find_new_images,
                              retrain)
 from tests.orchestration.conftest import add_incoming, new_repo
 
@@ -17,7 +17,7 @@ def test_a_failed_validation_is_final_and_a_lock_clash_is_transient():
     from prefect.states import Failed
 
     val = _failure("validate", ["Running stage 'validate':", "validate: FAILED: brightness drift (KS p=1e-9)"], 1)
-    assert isinstance(val, ValidationFailed) and not val.retriable
+    assert isinstance(val, ValidationStageFailed) and not val.retriable
     assert val.message == "validate: FAILED: brightness drift (KS p=1e-9)"
     user = _failure("train", ["train: error: no normal images in the train split"], 1)
     assert type(user) is StageFailed and not user.retriable and "no normal images" in user.message
