@@ -73,8 +73,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def add_predict_parser(subparsers, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p = add_model_command(subparsers, "predict", parent, "decisions, normalised scores and heatmap overlays for a folder",
-                          __doc__.split("\n")[0])
+    p = add_model_command(subparsers, "predict", parent,
+                          "decisions, normalised scores and heatmap overlays for a folder", __doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the image folder (any layout; normal/ and anomaly/ give labels)")
     p.add_argument("--out", required=True, help="the folder for predictions.csv, overlays/ and the contact sheet")
     p.add_argument("--all", action="store_true", help="an overlay for every image, not only the flagged ones")

@@ -4,14 +4,15 @@
 
 Layout under ``out_dir``:
 
-- ``manifest.parquet``: one row per distinct image content, columns :data:`MANIFEST_COLUMNS` (dtypes :data:`MANIFEST_DTYPES`);
+- ``manifest.parquet``: one row per distinct image content, columns :data:`MANIFEST_COLUMNS`
+  (dtypes :data:`MANIFEST_DTYPES`);
 - ``images.npy``: packed uint8 ``N×S×S×C``; manifest row with ``row == i`` is ``images[i]``;
 - ``store/<id[:2]>/<id><ext>``: each image's original bytes, once per content
   (``stored_path`` is relative to ``out_dir``); defect masks are stored the same way and
   ``mask_path`` (relative to ``out_dir``, or "") points at the stored copy. Where masks
   are found and what a usable one is: :mod:`danvae.data.masks`; read them back with
   :func:`danvae.data.masks.load_masks`;
-- ``quarantine.csv``: path, reason, batch, seen_at of every refused file (appended;
+- ``quarantine.csv``: path, reason, batch, seen_at, file_mtime of every refused file (appended;
   the same path and reason is recorded once);
 - ``duplicates.csv``: path, id, duplicate_of, note, batch, seen_at.
 
