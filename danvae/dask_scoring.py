@@ -15,10 +15,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from danvae.detector import Detector
 
 
 @functools.lru_cache(maxsize=4)
@@ -62,7 +67,7 @@ def local_cluster_options(workers: int, scratch: Path) -> dict:
 
 
 @contextlib.contextmanager
-def environment_kept():
+def environment_kept() -> Iterator[None]:
     """Dask's nanny writes OMP_NUM_THREADS=1 (and more) into this process's environment before
     it spawns a worker, and leaves it there: every process started afterwards (a model server,
     a DVC stage) would then compute with one thread. Inside this block it may; after, the
@@ -83,7 +88,7 @@ def _local_cluster(workers: int, scratch: Path):
         return LocalCluster(**local_cluster_options(workers, scratch))
 
 
-def score_anywhere(detector, model_dir: str | Path, images: np.ndarray, *, heatmaps: bool = False,
+def score_anywhere(detector: Detector, model_dir: str | Path, images: np.ndarray, *, heatmaps: bool = False,
                    workers: int = 1, address: str | None = None, progress: bool = False,
                    nuisance: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """``detector.score_table`` in this process (``workers`` 1, no ``address``), or the same

@@ -15,7 +15,7 @@ The estimator API follows PyOD's conventions (not scikit-learn's outlier detecto
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
 from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
-                            fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, score_images,
-                            self_dissimilarities)
+                            fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, image_batches,
+                            score_images, self_dissimilarities)
 from danvae.train import Trainer, TrainingData, selection_start
 
 DETECTOR_FILE = "detector.pt"
@@ -54,6 +54,11 @@ def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[
     stratify = is_anomaly if int(is_anomaly.sum()) >= 2 and int((~is_anomaly).sum()) >= 2 else None
     train_idx, val_idx = train_test_split(idx, test_size=val_share, random_state=seed, stratify=stratify)
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """A model output B×C×H×W in [0, 1] as uint8 B×H×W×C."""
+    return np.rint(x.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
 
 
 class Detector:
@@ -318,14 +323,45 @@ class Detector:
     def latents(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Posterior means per latent part (``z_x``, and ``z_y`` for DAn-VAE), N×dim each."""
         model = self._require_fitted().eval()
-        images = fit_to(images, self.image_size, self.channels)
-        device = next(model.parameters()).device
         parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(images), self.score_config.batch_size):
-            x = torch.from_numpy(images[start:start + self.score_config.batch_size]).to(device)
-            for name, mu in model.latent_means(x.permute(0, 3, 1, 2).float().div_(255.0)).items():
+        for x in self._batches(images):
+            for name, mu in model.latent_means(x).items():
                 parts.setdefault(name, []).append(mu.float().cpu().numpy())
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    @torch.no_grad()
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Deterministic reconstructions (from the posterior means), uint8 N×H×W×C at the model's size."""
+        model = self._require_fitted().eval()
+        out = [_to_uint8(model.reconstruct(x)) for x in self._batches(images)]
+        return np.concatenate(out) if out else self._empty_images()
+
+    @property
+    def has_nuisance_latent(self) -> bool:
+        """Whether the model has a ``z_y`` to decode with (:meth:`decode_with_nuisance`)."""
+        return self._require_fitted().has_nuisance_latent
+
+    @torch.no_grad()
+    def decode_with_nuisance(self, images: np.ndarray, z_y: np.ndarray) -> np.ndarray:
+        """Each image decoded with its own ``z_x`` and row i of ``z_y`` (N×dim) in place of its
+        own: uint8 N×H×W×C at the model's size (a lighting traversal)."""
+        model = self._require_fitted().eval()
+        if not model.has_nuisance_latent:
+            raise NotImplementedError(f"model {self.model_config.name!r} has no z_y latent to decode with")
+        size = self.score_config.batch_size
+        device = next(model.parameters()).device
+        z_y = torch.as_tensor(np.asarray(z_y), dtype=torch.float32)
+        out = [_to_uint8(model.decode_with_nuisance(x, z_y[i * size:(i + 1) * size].to(device)))
+               for i, x in enumerate(self._batches(images))]
+        return np.concatenate(out) if out else self._empty_images()
+
+    def _batches(self, images: np.ndarray) -> Iterator[torch.Tensor]:
+        """``images`` fitted to the model's size, as model-input batches on the model's device."""
+        device = next(self._require_fitted().parameters()).device
+        return image_batches(fit_to(images, self.image_size, self.channels), self.score_config.batch_size, device)
+
+    def _empty_images(self) -> np.ndarray:
+        return np.zeros((0, self.image_size, self.image_size, self.channels), np.uint8)
 
     # ---- persistence -------------------------------------------------------------
     def metadata(self) -> dict:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,9 +44,12 @@ def heatmap_kind(kind: str, model: AnomalyVAE) -> str:
     return kind if kind.endswith("_max") and kind in MODEL_SCORE_KINDS else HEATMAP_FALLBACK
 
 
-def _tensor_batch(images_nhwc: np.ndarray, start: int, batch_size: int, device: torch.device) -> torch.Tensor:
-    chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start:start + batch_size]))
-    return chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+def image_batches(images_nhwc: np.ndarray, batch_size: int, device: torch.device | str) -> Iterator[torch.Tensor]:
+    """Consecutive batches of uint8 N×H×W×C images as float B×C×H×W tensors in [0, 1] on ``device``:
+    how every model input is made from images."""
+    for start in range(0, len(images_nhwc), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start:start + batch_size]))
+        yield chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @torch.no_grad()
@@ -54,8 +58,7 @@ def self_dissimilarities(images_nhwc: np.ndarray, batch_size: int = 256, device:
     """The self-dissimilarity map of each image (N×H×W). It needs no model, so images scored
     again and again (validation during training) compute it once."""
     device = torch.device(device)
-    maps = [self_dissimilarity_map(_tensor_batch(images_nhwc, start, batch_size, device)).float().cpu().numpy()
-            for start in range(0, len(images_nhwc), batch_size)]
+    maps = [self_dissimilarity_map(x).float().cpu().numpy() for x in image_batches(images_nhwc, batch_size, device)]
     return np.concatenate(maps) if maps else np.zeros((0, *images_nhwc.shape[1:3]), np.float32)
 
 
@@ -72,8 +75,8 @@ def score_images(model: AnomalyVAE, images_nhwc: np.ndarray, y: np.ndarray, batc
     columns: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_SCORE_KINDS}
     maps: list[np.ndarray] = []
     bar = tqdm(total=len(images_nhwc), desc="scoring", unit="image", disable=not progress, leave=False)
-    for start in range(0, len(images_nhwc), batch_size):
-        x = _tensor_batch(images_nhwc, start, batch_size, device)
+    for i, x in enumerate(image_batches(images_nhwc, batch_size, device)):
+        start = i * batch_size
         yy = torch.as_tensor(y[start:start + batch_size], dtype=torch.float32, device=device)
         known = None if dissimilarity is None else torch.from_numpy(dissimilarity[start:start + batch_size]).to(device)
         scores, kind_maps = model.scores(x, yy, known)

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +139,7 @@ def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -
 
 
 @contextlib.contextmanager
-def frozen(module: torch.nn.Module):
+def frozen(module: torch.nn.Module) -> Iterator[None]:
     """Parameters of ``module`` get no gradient (and so no optimizer update) inside the block."""
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:

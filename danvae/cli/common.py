@@ -59,7 +59,7 @@ def apply_output_options(args: argparse.Namespace) -> None:
                         format="danvae: %(levelname)s %(name)s: %(message)s")
 
 
-def add_model_command(subparsers, name: str, parent: argparse.ArgumentParser, help: str,
+def add_model_command(subparsers: argparse._SubParsersAction, name: str, parent: argparse.ArgumentParser, help: str,
                       description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand that uses a trained detector: its parser, with ``--model`` to read it from."""
     parser = subparsers.add_parser(name, parents=[parent], formatter_class=DefaultsHelpFormatter, help=help,

@@ -10,6 +10,7 @@ each run has its own page naming every expectation with its observed value.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 CONTEXT_DIR = "gx"  # what GX itself calls the folder of a file-backed context
@@ -25,7 +26,7 @@ def data_docs_index(root: str | Path) -> Path:
     return Path(root) / CONTEXT_DIR / "uncommitted" / "data_docs" / SITE / "index.html"
 
 
-def build_data_docs(gx_result, root: str | Path) -> Path:
+def build_data_docs(gx_result: Any, root: str | Path) -> Path:
     """Store ``gx_result`` (an ExpectationSuiteValidationResult) in the file context under
     ``root`` and rebuild the Data Docs; returns the HTML page of this result."""
     import great_expectations as gx

@@ -58,7 +58,7 @@ class _GXRunner:
         self._definitions: dict[tuple, Any] = {}
         self.lock = threading.Lock()
 
-    def definition(self, present: tuple[str, ...], with_image_size: bool):
+    def definition(self, present: tuple[str, ...], with_image_size: bool) -> Any:
         """The validation definition for a manifest with these required columns present."""
         key = (present, with_image_size)
         if key not in self._definitions:
@@ -82,7 +82,7 @@ class _GXRunner:
             column_set=list(REQUIRED_COLUMNS), exact_match=False, severity=CRIT, meta={"category": "schema"},
         ))
 
-        def add(col_needed: tuple[str, ...], exp_cls, category: str, severity=CRIT, **kwargs) -> None:
+        def add(col_needed: tuple[str, ...], exp_cls: type, category: str, severity: Any = CRIT, **kwargs: Any) -> None:
             if all(c in present for c in col_needed):
                 out.append(exp_cls(severity=severity, meta={"category": category}, **kwargs))
 
@@ -124,7 +124,7 @@ class _GXRunner:
                     row_condition=Col("resized") == False)  # noqa: E712 (a GX condition, not a comparison)
         return out
 
-    def run(self, df: pd.DataFrame, present: tuple[str, ...], image_size: int | None):
+    def run(self, df: pd.DataFrame, present: tuple[str, ...], image_size: int | None) -> Any:
         with self.lock:
             definition = self.definition(present, image_size is not None)
             params: dict[str, Any] = {"row_max": max(len(df) - 1, 0)}

@@ -228,7 +228,7 @@ def _pit(rng: np.random.Generator, size: int, d: Difficulty):
 
 
 def _crack(rng: np.random.Generator, size: int, d: Difficulty):
-    def walk(start, heading, steps):
+    def walk(start: np.ndarray, heading: float, steps: int) -> np.ndarray:
         turns = np.cumsum(rng.normal(0, 0.35, steps)) * 0.6 + rng.normal(0, 0.5, steps)
         heading = heading + turns
         steps_yx = np.stack([np.sin(heading), np.cos(heading)], 1) * rng.uniform(0.8, 1.3, (steps, 1))

@@ -36,15 +36,18 @@ conditional-mean line for every image, and was flat to three decimals along the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.feature_selection import mutual_info_regression
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold, cross_val_predict
 
 from danvae.images import brightness, fit_to
+
+if TYPE_CHECKING:
+    from danvae.detector import Detector
 
 MIN_R2_IMAGES = 10
 
@@ -83,7 +86,7 @@ def latent_mutual_information(latents: np.ndarray, y: np.ndarray, seed: int = 0)
                                   random_state=seed)
 
 
-def disentanglement_metrics(detector, test_images: np.ndarray, test_brightness: np.ndarray | None = None, *,
+def disentanglement_metrics(detector: Detector, test_images: np.ndarray, test_brightness: np.ndarray | None = None, *,
                             train_images: np.ndarray | None = None, train_brightness: np.ndarray | None = None,
                             seed: int = 0) -> dict:
     """``r2_zy``, ``r2_zx``, ``mi_zy_max``, ``mi_zy_mean``, ``mi_zx_max``, ``mi_zx_mean``
@@ -137,8 +140,8 @@ def brightness_line(z_y: np.ndarray, y: np.ndarray, quantiles: tuple[float, floa
     return BrightnessLine(origin=coef[0], slope=coef[1], y_low=float(lo), y_high=float(hi))
 
 
-@torch.no_grad()
-def traversal_images(detector, images: np.ndarray, steps: int = 7, *, reference_images: np.ndarray | None = None,
+def traversal_images(detector: Detector, images: np.ndarray, steps: int = 7, *,
+                     reference_images: np.ndarray | None = None,
                      reference_brightness: np.ndarray | None = None) -> np.ndarray:
     """Decode each image with its ``z_x`` fixed at the posterior mean while ``z_y`` walks the
     brightness line from dark to bright: N×steps×H×W×C uint8 at the model's size.
@@ -146,10 +149,7 @@ def traversal_images(detector, images: np.ndarray, steps: int = 7, *, reference_
     The line is fitted on ``reference_images`` (e.g. the training images) when given,
     else on ``images`` themselves. Raises :class:`NoNuisanceLatent` for models without ``z_y``.
     """
-    model = detector.model
-    if model is None:
-        raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
-    if not hasattr(model, "encoder_y"):
+    if not detector.has_nuisance_latent:
         raise NoNuisanceLatent(f"model {detector.model_config.name!r} has no z_y latent to traverse")
     if steps < 2:
         raise ValueError(f"a traversal needs at least 2 steps, got {steps}")
@@ -157,23 +157,14 @@ def traversal_images(detector, images: np.ndarray, steps: int = 7, *, reference_
     ref = images if reference_images is None else fit_to(reference_images, detector.image_size, detector.channels)
     ref_y = brightness(ref) if reference_brightness is None else np.asarray(reference_brightness, float)
     line = brightness_line(detector.latents(ref)["z_y"], ref_y)
-    z_ys = torch.as_tensor(line.at(line.levels(steps)), dtype=torch.float32)  # steps×dy
-    model.eval()
-    device = next(model.parameters()).device
+    z_ys = line.at(line.levels(steps))  # steps×dy
     n = len(images)
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    x_rep = x_all.repeat_interleave(steps, dim=0)  # N·steps images, image-major
-    zy_rep = z_ys.repeat(n, 1)
-    out = []
-    for start in range(0, len(x_rep), 256):
-        x = model.decode_with_nuisance(x_rep[start:start + 256].to(device), zy_rep[start:start + 256].to(device))
-        out.append(x.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
-    decoded = np.concatenate(out) if out else np.zeros((0, detector.image_size, detector.image_size, detector.channels))
-    decoded = np.rint(decoded * 255).astype(np.uint8)
+    # N·steps images, image-major, each with its step's z_y
+    decoded = detector.decode_with_nuisance(np.repeat(images, steps, axis=0), np.tile(z_ys, (n, 1)))
     return decoded.reshape(n, steps, *decoded.shape[1:])
 
 
-def traversal_levels(detector, reference_images: np.ndarray, reference_brightness: np.ndarray | None = None,
+def traversal_levels(detector: Detector, reference_images: np.ndarray, reference_brightness: np.ndarray | None = None,
                      steps: int = 7) -> np.ndarray:
     """The brightness values the traversal's steps stand for (for labelling a figure)."""
     ref = fit_to(reference_images, detector.image_size, detector.channels)

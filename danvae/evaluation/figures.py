@@ -10,19 +10,22 @@ needs a display backend.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from danvae.evaluation.disentanglement import traversal_images  # noqa: F401  (re-exported: figures' data)
-from danvae.images import brightness, fit_to
+from danvae.images import brightness
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 DPI = 110
 __all__ = ["roc_figure", "pr_figure", "auroc_by_brightness_figure", "score_vs_brightness_figure",
-           "reconstructions_figure", "heatmaps_figure", "traversal_figure", "reconstruct", "traversal_images"]
+           "reconstructions_figure", "heatmaps_figure", "traversal_figure", "traversal_images"]
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -48,7 +51,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 # ---- curves and charts -------------------------------------------------------------
 def _curve_figure(path: str | Path, curve: tuple[list, list] | None, label: str, missing: str, legend: str,
-                  chance, **axes) -> Path:
+                  chance: Callable[[Axes], None], **axes: Any) -> Path:
     """A curve in the unit square (``missing`` written instead when there is none), over ``chance(ax)``."""
     fig = Figure(layout="constrained", figsize=(3.6, 3.4))
     ax = fig.add_subplot()
@@ -64,7 +67,7 @@ def _curve_figure(path: str | Path, curve: tuple[list, list] | None, label: str,
 
 
 def roc_figure(rows: Sequence[dict], path: str | Path, auroc: float | None = None, title: str = "ROC") -> Path:
-    def chance(ax) -> None:
+    def chance(ax: Axes) -> None:
         ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance")
 
     curve = ([r["fpr"] for r in rows], [r["tpr"] for r in rows]) if rows else None
@@ -74,7 +77,7 @@ def roc_figure(rows: Sequence[dict], path: str | Path, auroc: float | None = Non
 
 def pr_figure(rows: Sequence[dict], path: str | Path, auprc: float | None = None, base_rate: float | None = None,
               title: str = "Precision-recall") -> Path:
-    def chance(ax) -> None:
+    def chance(ax: Axes) -> None:
         if base_rate is not None:
             ax.axhline(base_rate, color="0.7", lw=1, ls="--", label=f"chance ({base_rate:.2f})")
 
@@ -122,23 +125,6 @@ def score_vs_brightness_figure(points: Sequence[dict], path: str | Path, rho: fl
 
 
 # ---- image grids -------------------------------------------------------------------
-@torch.no_grad()
-def reconstruct(detector, images: np.ndarray) -> np.ndarray:
-    """Deterministic reconstructions (posterior means) as uint8 N×H×W×C at the model's size."""
-    model = detector.model
-    if model is None:
-        raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
-    images = fit_to(images, detector.image_size, detector.channels)
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(images), 256):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + 256])).to(device).permute(0, 3, 1, 2)
-        x_hat = model.reconstruct(x.float().div_(255.0)).float().clamp(0, 1)
-        out.append(np.rint(x_hat.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8))
-    return np.concatenate(out) if out else images[:0]
-
-
 def reconstructions_figure(originals: np.ndarray, reconstructions: np.ndarray, path: str | Path,
                            titles: Sequence[str] | None = None) -> Path:
     """Two rows: originals above, reconstructions below."""

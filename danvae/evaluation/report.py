@@ -24,17 +24,21 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from danvae.evaluation.disentanglement import (NoNuisanceLatent, disentanglement_metrics, traversal_images,
-                                    traversal_levels)
+                                               traversal_levels)
 from danvae.evaluation.metrics import (SCORE_COLUMNS, EvaluationError, auroc_by_score, evaluate_scores, pixel_auroc,
-                             plot_data, resize_masks)
-from danvae.evaluation.figures import (auroc_by_brightness_figure, heatmaps_figure, pr_figure, reconstruct,
-                            reconstructions_figure, roc_figure, score_vs_brightness_figure, traversal_figure)
+                                       plot_data, resize_masks)
+from danvae.evaluation.figures import (auroc_by_brightness_figure, heatmaps_figure, pr_figure,
+                                       reconstructions_figure, roc_figure, score_vs_brightness_figure, traversal_figure)
 from danvae.images import fit_to
+
+if TYPE_CHECKING:
+    from danvae.detector import Detector
 
 PLOTS = ("roc", "pr", "auroc_by_brightness", "score_vs_brightness")
 FIGURES = {
@@ -154,7 +158,7 @@ def _markdown_value(value) -> str:
     return str(value)
 
 
-def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], figures: dict[str, Path],
+def write_report(path: Path, detector: Detector, metrics: dict, quintiles: list[dict], figures: dict[str, Path],
                  notes: Sequence[str], data_docs: str | Path | None = None) -> Path:
     """``report.md``: the headline numbers, per-quintile and per-score tables, the figures, and a
     link to the Data Docs page of the data's validation (``data_docs``) when there is one."""
@@ -220,7 +224,7 @@ def write_report(path: Path, detector, metrics: dict, quintiles: list[dict], fig
     return path
 
 
-def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
+def evaluate_run(detector: Detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
                  train_images: np.ndarray | None = None, train_brightness: np.ndarray | Sequence[float] | None = None,
                  masks: np.ndarray | Sequence[np.ndarray | None] | None = None, out_dir: str | Path,
                  heatmaps: np.ndarray | None = None, traversal_steps: int = 7,
@@ -291,7 +295,7 @@ def evaluate_run(detector, test_images: np.ndarray, test_table: pd.DataFrame, *,
     normal_idx, anomaly_idx = _example_indices(table, N_EXAMPLES)
     shown = np.r_[_spread(normal_idx, N_EXAMPLES // 2 if len(anomaly_idx) else N_EXAMPLES),
                   anomaly_idx[:N_EXAMPLES - N_EXAMPLES // 2]].astype(int)
-    figures["reconstructions"] = reconstructions_figure(images[shown], reconstruct(detector, images[shown]),
+    figures["reconstructions"] = reconstructions_figure(images[shown], detector.reconstruct(images[shown]),
                                                         fig_dir / "reconstructions.png",
                                                         [_caption(table, i) for i in shown])
     if len(anomaly_idx):

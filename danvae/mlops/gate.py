@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,11 @@ from danvae.config import PromoteConfig
 from danvae.mlops.registry import (CHAMPION, IncompatibleModelError, RegistryError, is_missing, registry_client,
                                    load_detector, score_with_model_code)
 from danvae.mlops.tracking import failure_cause, tracking_failures
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from danvae.detector import Detector
 
 GATE_FIGURES_TAG = "gate.figures"  # both models' figures on the gate images, the tolerances: one JSON object
 _DEFAULTS = PromoteConfig()
@@ -86,7 +91,8 @@ def _metrics(table: pd.DataFrame, labels: np.ndarray, score_kind: str | None, th
     return out
 
 
-def gate_metrics(detector, images: Any, labels: np.ndarray, nuisance: np.ndarray | None = None) -> dict[str, Any]:
+def gate_metrics(detector: Detector, images: Any, labels: np.ndarray, nuisance: np.ndarray | None = None
+                 ) -> dict[str, Any]:
     """AUROC overall and per brightness quintile (and friends) of ``detector`` on ``images``
     (``nuisance``: the per-image factor, for a detector trained on a recorded one)."""
     from danvae.mlops.packaging import model_batch
@@ -158,7 +164,7 @@ def _judge(ch: dict, champ: dict | None, champion_version: str | None, *, auroc_
     return True, "; ".join(notes)
 
 
-def describe_version(name: str, version: str | int, text: str, client=None) -> None:
+def describe_version(name: str, version: str | int, text: str, client: MlflowClient | None = None) -> None:
     """Set a version's description (its model card, shown on MLflow's version page)."""
     client = registry_client(client)
     try:
@@ -216,7 +222,7 @@ def _complete_decision(client, name: str, mv) -> str | None:
     return decided
 
 
-def promote(client, name: str, version: str | int, images: Any, labels: Any, *,
+def promote(client: MlflowClient | None, name: str, version: str | int, images: Any, labels: Any, *,
             auroc_tolerance: float = _DEFAULTS.auroc_tolerance, dark_tolerance: float = _DEFAULTS.dark_tolerance,
             validation_passed: bool | None = True, min_auroc: float = _DEFAULTS.min_auroc, force: bool = False,
             reason: str | None = None, nuisance: Any = None) -> PromotionDecision:

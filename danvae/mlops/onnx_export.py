@@ -16,6 +16,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from danvae.models import scores as S
 from danvae.config import MODEL_SCORE_KINDS
 from danvae.models.self_similarity import self_dissimilarity_map
 from danvae.scoring import heatmap_kind
+
+if TYPE_CHECKING:
+    from danvae.detector import Detector
 
 INPUT = "images"
 # The decision columns first, as Detector.score_table orders them; then the kinds; the map last.
@@ -83,7 +87,7 @@ class ScoringGraph(nn.Module):
                 *(kinds[k] for k in (*MODEL_SCORE_KINDS, "fused")), heat)
 
 
-def export_onnx(detector, path: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(detector: Detector, path: str | Path, opset: int = OPSET) -> Path:
     """Write the detector's scoring graph to ``path`` (one self-contained .onnx file) with its
     calibration and settings as metadata; returns the path."""
     import onnx
@@ -157,7 +161,7 @@ class OnnxDetector:
         return self.score_table(images)["is_anomaly"].to_numpy().astype(int)
 
 
-def parity(detector, onnx_detector: OnnxDetector, images: np.ndarray) -> float:
+def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) -> float:
     """The largest difference between the two detectors' outputs on ``images``, over every
     numeric column and the heatmap, each relative to that output's largest magnitude (so a
     score near 0 is not judged by its own tiny size; the normalised score relative to 1). Decisions must agree (inf if not),

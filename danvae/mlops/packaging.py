@@ -49,6 +49,10 @@ from danvae.data.nuisance import BRIGHTNESS
 from danvae.images import fit_to
 
 if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
+
+    from danvae.detector import Detector
     from danvae.mlops.tracking import TrainingRun
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the danvae package, shipped inside each model
@@ -134,7 +138,7 @@ def _check_limits(batch: list[np.ndarray] | np.ndarray, max_pixels: int | None, 
             raise ValueError(f"an image of {h}×{w} pixels exceeds the limit of {max_pixels} pixels (serve.max_pixels)")
 
 
-def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None
+def model_batch(detector: Detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None
                 ) -> np.ndarray:
     """The input brought to the detector's N×size×size×channels uint8, as training saw images;
     ``ValueError`` past the limits (``None``: no limit)."""
@@ -158,7 +162,7 @@ def model_batch(detector, model_input: Any, max_pixels: int | None = None, max_b
                                                           detector.channels), np.uint8)
 
 
-def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None,
+def predict_frame(detector: Detector, model_input: Any, max_pixels: int | None = None, max_batch: int | None = None,
                   nuisance: Any = None) -> pd.DataFrame:
     """One row per image: brightness, score, is_anomaly and every score kind (float64 / bool).
     ``nuisance``: one value per image, for a detector trained on a recorded factor."""
@@ -169,7 +173,7 @@ def predict_frame(detector, model_input: Any, max_pixels: int | None = None, max
     return out[list(OUTPUT_COLUMNS)]
 
 
-def signature():
+def signature() -> ModelSignature:
     """Input: one tensor of any shape and dtype, checked by :func:`model_batch` (a typed spec would
     let MLflow's server cast JSON floats to uint8 before the model sees them); output: the score columns."""
     from mlflow.models import ModelSignature
@@ -182,7 +186,7 @@ def signature():
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def example_images(detector, n: int = 2, size: int = 24, seed: int = 0) -> np.ndarray:
+def example_images(detector: Detector, n: int = 2, size: int = 24, seed: int = 0) -> np.ndarray:
     """A small uint8 batch (deliberately not the model's image size: it is resized)."""
     rng = np.random.default_rng(seed)
     base = rng.integers(90, 200, size=(n, 1, 1, detector.channels))
@@ -204,8 +208,8 @@ def model_file_sha256(detector_dir: str | Path) -> str:
     return hashlib.sha256((Path(detector_dir) / DETECTOR_FILE).read_bytes()).hexdigest()
 
 
-def log_detector(detector, name: str = "model", *, input_example: np.ndarray | None = None,
-                 limits: dict[str, int] | None = None):
+def log_detector(detector: Detector, name: str = "model", *, input_example: np.ndarray | None = None,
+                 limits: dict[str, int] | None = None) -> ModelInfo:
     """Log a fitted, calibrated detector as a pyfunc model in the active run (or, when none is
     active, as a run-less logged model in experiment "danvae", which becomes the active
     experiment); returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/<model id>``).
@@ -252,8 +256,8 @@ def log_detector(detector, name: str = "model", *, input_example: np.ndarray | N
     return info
 
 
-def log_run_model(run: TrainingRun, detector, name: str = "model", input_example: np.ndarray | None = None,
-                  limits: dict[str, int] | None = None):
+def log_run_model(run: TrainingRun, detector: Detector, name: str = "model", input_example: np.ndarray | None = None,
+                  limits: dict[str, int] | None = None) -> ModelInfo:
     """Log the detector into a :class:`~danvae.mlops.tracking.TrainingRun` as a pyfunc, with its
     calibration (score kind, threshold, validation AUROC per kind) and its full history."""
     import mlflow

@@ -18,12 +18,19 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from danvae.mlops.tracking import TrackingError, configure_tracking, failure_cause, quiet_downloads, tracking_failures
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models.model import ModelInfo
+
+    from danvae.detector import Detector
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -54,7 +61,7 @@ class IncompatibleModelError(RegistryError):
     model carries (``mlflow models serve``, or :func:`score_with_model_code`)."""
 
 
-def registry_client(client=None):
+def registry_client(client: MlflowClient | None = None) -> MlflowClient:
     """``client``, or an MlflowClient on the configured tracking URI."""
     from mlflow import MlflowClient
 
@@ -99,8 +106,8 @@ def _wait_ready(client, name: str, version: str, wait_s: float):
 
 
 def register_version(model_uri: str, name: str, *, run_id: str | None = None, model_id: str | None = None,
-                     tags: dict[str, Any] | None = None, alias: str | None = CHALLENGER, client=None,
-                     wait_s: float = 300):
+                     tags: dict[str, Any] | None = None, alias: str | None = CHALLENGER,
+                     client: MlflowClient | None = None, wait_s: float = 300) -> ModelVersion:
     """Register ``model_uri`` (a ``models:/<model id>`` from ``log_detector``, or ``runs:/...``)
     as a version of ``name``, wait until it is READY, then point ``alias`` at it.
 
@@ -150,7 +157,8 @@ def register_version(model_uri: str, name: str, *, run_id: str | None = None, mo
         ) from exc
 
 
-def register_logged_model(info, name: str, *, alias: str | None = CHALLENGER, wait_s: float = 300):
+def register_logged_model(info: ModelInfo, name: str, *, alias: str | None = CHALLENGER, wait_s: float = 300
+                          ) -> ModelVersion:
     """Register what :func:`~danvae.mlops.packaging.log_detector` logged (its ``ModelInfo``) as a
     version of ``name``, with the weights' SHA-256 as :data:`MODEL_SHA256_TAG`; the ModelVersion."""
     return register_version(info.model_uri, name, run_id=info.run_id, model_id=getattr(info, "model_id", None),
@@ -206,7 +214,7 @@ def _load_saved(path: Path, uri: str, device: str, mlflow_model: bool = True):
         ) from exc
 
 
-def registered_version(uri: str, client=None):
+def registered_version(uri: str, client: MlflowClient | None = None) -> ModelVersion | None:
     """The registry entry (an MLflow ModelVersion) behind ``models:/name@alias`` or
     ``models:/name/N``; None for any other kind of URI."""
     m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
@@ -235,7 +243,7 @@ def _verify_registered_file(uri: str, detector_dir: Path) -> None:
                                   f"SHA-256 registered with it; it was changed after registration and is not loaded")
 
 
-def load_detector(uri: str | Path, device: str = "cpu"):
+def load_detector(uri: str | Path, device: str = "cpu") -> Detector:
     """A :class:`~danvae.detector.Detector` from ``models:/name@alias``, ``models:/name/3``,
     ``models:/<model id>``, ``runs:/<run id>/model``, an MLflow model folder, or a folder
     written by ``danvae train`` / ``Detector.save``.

@@ -25,7 +25,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,7 +192,7 @@ def failure_cause(exc: BaseException) -> str:
 
 
 @contextmanager
-def quiet_downloads():
+def quiet_downloads() -> Iterator[None]:
     """No artifact-download progress bars from MLflow inside the block (restored afterwards)."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     before = os.environ.get(key)

@@ -37,6 +37,7 @@ class AnomalyVAE(nn.Module):
     """Base class: reconstruction helpers and the score table shared by all models."""
 
     name: str = "base"
+    has_nuisance_latent: bool = False  # a z_y to decode with (decode_with_nuisance)
     uses_anomalies: bool = True  # trained on labelled anomalies after warm-up
     spatial: bool = False  # z_x is a latent map; the model has local score maps
     anomaly_mean: float = 10.0

@@ -22,6 +22,7 @@ from danvae.models.scores import sse
 
 class DAnVAE(AnomalyVAE):
     name = "danvae-global"
+    has_nuisance_latent = True
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 24, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,

@@ -36,11 +36,11 @@ NOISE_SCALE = 0.02  # noise σ of a typical brightness-normalised image (0.018; 
 
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         return -grad
 
 
@@ -182,6 +182,7 @@ class _SpatialBase(AnomalyVAE):
 
 class SpatialDAnVAE(_SpatialBase):
     name = "danvae"
+    has_nuisance_latent = True
 
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
@@ -205,14 +206,14 @@ class SpatialDAnVAE(_SpatialBase):
         mu, logvar = self.prior_y(y.view(-1, 1)).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 8.0)
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         mu_x, logvar_x = self.encoder_x(S.normalise_brightness(x))
         return mu_x, logvar_x, self.encoder_y(x)
 
     def decode(self, z_x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_x, z_y)
 
-    def decode_from(self, mu_x: torch.Tensor, extra) -> torch.Tensor:
+    def decode_from(self, mu_x: torch.Tensor, extra: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self.decoder(mu_x, extra[0])
 
     def decode_with_nuisance(self, x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
@@ -270,11 +271,11 @@ class SpatialVAE(_SpatialBase):
         self.encoder = MapEncoder(channels, latent_dim)
         self.decoder = FiLMDecoder(channels, latent_dim)
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         mu, logvar = self.encoder(x)
         return mu, logvar, None
 
-    def decode_from(self, mu: torch.Tensor, extra) -> torch.Tensor:
+    def decode_from(self, mu: torch.Tensor, extra: None) -> torch.Tensor:
         return self.decoder(mu)
 
     def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:

@@ -77,3 +77,17 @@ def test_the_readme_notebook_block_runs_as_written(surfaces, monkeypatch):
     exec(compile(quick.replace('Detector.load("runs/a")', 'globals()["loaded"] = Detector.load("runs/a")'),
                  "README.md", "exec"), namespace)
     assert namespace["loaded"].threshold_ == namespace["det"].threshold_
+
+
+def test_reconstruct_and_decode_with_nuisance_go_through_the_detector(fitted):
+    det, data = fitted
+    images = data.images[:7]
+    rec = det.reconstruct(images)
+    assert rec.dtype == np.uint8 and rec.shape == (7, det.image_size, det.image_size, det.channels)
+    np.testing.assert_array_equal(rec, np.concatenate([det.reconstruct(images[:3]), det.reconstruct(images[3:])]))
+    assert det.has_nuisance_latent
+    # each image's own z_y gives back its reconstruction; another lighting gives another image
+    own = det.latents(images)["z_y"]
+    np.testing.assert_array_equal(det.decode_with_nuisance(images, own), rec)
+    relit = det.decode_with_nuisance(images, own[::-1].copy())
+    assert not np.array_equal(relit, rec)

@@ -21,9 +21,9 @@ from danvae.config import ModelConfig, TrainConfig  # noqa: E402
 from danvae.data.folders import discover, pack  # noqa: E402
 from danvae.data.synthetic import generate_surfaces  # noqa: E402
 from danvae.evaluation.disentanglement import (NoNuisanceLatent, brightness_line, held_out_r2,  # noqa: E402
-                                    traversal_images)
+                                               traversal_images)
 from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, load_masks, pixel_auroc, pr_points,  # noqa: E402
-                             resize_masks, roc_points)
+                                       resize_masks, roc_points)
 from danvae.images import brightness  # noqa: E402
 from danvae.evaluation.report import FIGURES, HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
 
