@@ -32,7 +32,7 @@ from danvae.config import TrainConfig
 from danvae.distributed import barrier, join, sum_over_ranks
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
-from danvae.models.scores import image_brightness
+from danvae.models.score_maps import image_brightness
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,8 @@ def _log_to_version(mv, onnx_path: Path) -> str:
     from mlflow import MlflowClient
 
     from danvae.mlops.registry import RegistryError
-    from danvae.mlops.tracking import failure_cause, log_to_run, tracking_failures
+    from danvae.mlops.runs import log_to_run
+    from danvae.mlops.tracking import failure_cause, tracking_failures
 
     log_to_run(mv.run_id, artifacts=[onnx_path], artifact_path="onnx")
     where = f"runs:/{mv.run_id}/onnx/{onnx_path.name}"

@@ -25,7 +25,7 @@ from torch import nn
 
 from danvae.data.nuisance import BRIGHTNESS
 from danvae.images import fit_to
-from danvae.models import scores as S
+from danvae.models import score_maps as S
 from danvae.config import MODEL_SCORE_KINDS
 from danvae.models.self_similarity import self_dissimilarity_map
 from danvae.scoring import heatmap_kind

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
     from danvae.detector import Detector
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the danvae package, shipped inside each model
 MODEL_CODE = PACKAGE_DIR / "mlops" / "pyfunc_model.py"
@@ -258,7 +258,7 @@ def log_detector(detector: Detector, name: str = "model", *, input_example: np.n
 
 def log_run_model(run: TrainingRun, detector: Detector, name: str = "model", input_example: np.ndarray | None = None,
                   limits: dict[str, int] | None = None) -> ModelInfo:
-    """Log the detector into a :class:`~danvae.mlops.tracking.TrainingRun` as a pyfunc, with its
+    """Log the detector into a :class:`~danvae.mlops.runs.TrainingRun` as a pyfunc, with its
     calibration (score kind, threshold, validation AUROC per kind) and its full history."""
     import mlflow
 

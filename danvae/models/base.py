@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from danvae.models import scores as S
+from danvae.models import score_maps as S
 from danvae.models.self_similarity import self_dissimilarity_map
 
 

@@ -17,7 +17,7 @@ from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import ConvDecoder, ConvEncoder, reparameterize
 from danvae.models.kl import kl_between, kl_to_isotropic
 from danvae.models.likelihood import GaussianLikelihood
-from danvae.models.scores import sse
+from danvae.models.score_maps import sse
 
 
 class DAnVAE(AnomalyVAE):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from danvae.models.scores import sse
+from danvae.models.score_maps import sse
 
 MIN_VARIANCE = 1e-3  # σ ≥ 0.03 (≈ 8 grey levels, about sensor noise): keeps the weight bounded
 

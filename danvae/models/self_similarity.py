@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from danvae.models.scores import normalise_brightness
+from danvae.models.score_maps import normalise_brightness
 
 PATCH = 6  # pixels per side of a compared patch (even, with an even stride: the grid is mirror-symmetric)
 STRIDE = 2  # between query positions; references are at every pixel

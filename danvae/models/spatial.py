@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danvae.models import scores as S
+from danvae.models import score_maps as S
 from danvae.models.anomaly_head import AnomalyHead, focal_loss, top_k_mean
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize

@@ -13,7 +13,8 @@ from danvae.data.manifest import load_images, load_manifest
 from danvae.data.selection import training_rows
 from danvae.detector import Detector
 from danvae.evaluation.report import evaluate_run
-from danvae.mlops.tracking import configure_tracking, log_to_run
+from danvae.mlops.runs import log_to_run
+from danvae.mlops.tracking import configure_tracking
 from pipelines.paths import DATA, VALIDATION_REPORT
 from pipelines.stages.common import format_figure, read_run, run_stage
 

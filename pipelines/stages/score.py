@@ -13,7 +13,8 @@ from danvae.data.manifest import load_images, load_manifest
 from danvae.data.nuisance import factor_values
 from danvae.data.selection import test_rows
 from danvae.detector import Detector
-from danvae.mlops.tracking import configure_tracking, log_to_run
+from danvae.mlops.runs import log_to_run
+from danvae.mlops.tracking import configure_tracking
 from pipelines.paths import DATA
 from pipelines.stages.common import read_run, run_stage
 

@@ -181,7 +181,7 @@ def test_scores_with_precomputed_self_dissimilarity_equal_the_full_pass(name):
 
 
 def test_noise_level_estimates_gaussian_noise_and_ignores_smooth_structure():
-    from danvae.models.scores import noise_level
+    from danvae.models.score_maps import noise_level
 
     gen = torch.Generator().manual_seed(0)
     ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)  # smooth: no noise

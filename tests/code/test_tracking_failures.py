@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from danvae.mlops.tracking import TrackingError, TrainingRun, redact_uri
+from danvae.mlops.runs import TrainingRun
+from danvae.mlops.tracking import TrackingError, redact_uri
 from tests.mlflow.conftest import free_port
 
 
@@ -41,7 +42,7 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal\n"
-        "from danvae.mlops.tracking import TrainingRun\n"
+        "from danvae.mlops.runs import TrainingRun\n"
         "run = TrainingRun('orphans').__enter__()\n"
         "print(run.run_id, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True, text=True, env={**os.environ}, timeout=120)

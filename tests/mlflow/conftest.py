@@ -257,7 +257,7 @@ def train_and_register(surfaces: Surfaces, out: Path, name: str = MODEL_NAME) ->
     fit; the detector saved and logged as a pyfunc; run.json; then the registration."""
     from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
     from danvae.mlops.packaging import log_run_model
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
     det = new_detector()
     params = {"model": det.model_config, "train": det.train_config, "score": det.score_config,

@@ -64,7 +64,7 @@ def serving(champion, mlflow_server, tmp_path_factory):
 def test_train_run_is_tracked_on_the_server(trained, mlflow_server):
     from mlflow import MlflowClient
 
-    from danvae.mlops.tracking import git_commit, metric_history
+    from danvae.mlops.runs import git_commit, metric_history
 
     run = MlflowClient().get_run(trained.run_id)
     assert run.info.status == "FINISHED"
@@ -127,7 +127,7 @@ def test_later_stages_log_into_the_same_run(trained, surfaces, tmp_path):
     from mlflow import MlflowClient
 
     from danvae.evaluation.metrics import evaluate_scores
-    from danvae.mlops.tracking import log_to_run
+    from danvae.mlops.runs import log_to_run
 
     table = trained.detector.score_table(surfaces.test_images)
     table["label"] = np.where(surfaces.test_labels, "anomaly", "normal")
@@ -148,7 +148,7 @@ def test_degraded_challenger_leaves_champion(trained, champion, surfaces):
     from danvae.mlops.packaging import log_run_model
     from danvae.mlops.gate import promote
     from danvae.mlops.registry import register_logged_model
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
     bad = scrambled(trained.detector)
     with TrainingRun(run_name="degraded") as run:
@@ -263,7 +263,8 @@ def test_server_killed_during_registration(trained, champion, mlflow_server, tmp
     from danvae.detector import Detector
     from danvae.mlops.registry import MODEL_URI_TAG, RegistrationError, register_version
     from danvae.mlops.packaging import log_run_model
-    from danvae.mlops.tracking import TrackingError, TrainingRun
+    from danvae.mlops.runs import TrainingRun
+    from danvae.mlops.tracking import TrackingError
 
     logged = []
     for i in range(2):

@@ -34,7 +34,7 @@ def test_default_uri_is_the_project_sqlite_and_env_wins(monkeypatch):
 
 def test_flatten_params_and_metrics():
     from danvae.config import ModelConfig, TrainConfig
-    from danvae.mlops.tracking import flatten_metrics, flatten_params
+    from danvae.mlops.flatten import flatten_metrics, flatten_params
 
     flat = flatten_params({"model": ModelConfig(), "train": TrainConfig(epochs=3, warmup_epochs=1),
                            "data": {"sources": [{"type": "synthetic", "seed": 0}, {"type": "folder", "path": "/d"}],
@@ -60,7 +60,7 @@ def trained(sqlite_default, surfaces):
 def test_store_and_artifacts_live_beside_each_other(sqlite_default, trained):
     from mlflow import MlflowClient
 
-    from danvae.mlops.tracking import metric_history
+    from danvae.mlops.runs import metric_history
 
     root, uri = sqlite_default
     assert uri == f"sqlite:///{root / 'mlflow.db'}" and (root / "mlflow.db").is_file()
@@ -104,7 +104,7 @@ def test_degraded_is_rejected_and_force_needs_a_reason(sqlite_default, trained, 
     from danvae.mlops.packaging import log_detector
     from danvae.mlops.gate import promote
     from danvae.mlops.registry import register_logged_model
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
     with TrainingRun(run_name="one-bad-epoch") as run:
         v2 = str(register_logged_model(log_detector(scrambled(trained.detector)), MODEL_NAME).version)
@@ -168,7 +168,7 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
     from danvae.mlops.gate import promote
     from danvae.mlops.registry import IncompatibleModelError, load_detector, register_version
     from danvae.mlops.packaging import log_run_model
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
     root, _ = sqlite_default
     with TrainingRun(run_name="older-danvae") as run:
@@ -199,7 +199,7 @@ def test_a_champion_this_code_cannot_load_is_scored_with_its_own_code(sqlite_def
 def test_failed_block_marks_the_run_failed(sqlite_default):
     from mlflow import MlflowClient
 
-    from danvae.mlops.tracking import TrainingRun
+    from danvae.mlops.runs import TrainingRun
 
     with pytest.raises(RuntimeError, match="boom"):
         with TrainingRun(run_name="fails", params={"a": {"b": 1}}) as run:

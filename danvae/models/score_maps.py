@@ -1,4 +1,7 @@
-"""Per-image anomaly score terms computed from model outputs (pure tensor functions)."""
+"""Score maps and their per-image reductions, from a model's tensors (pure tensor functions).
+
+Scoring images with a trained detector (batches, threshold, score kind) is :mod:`danvae.scoring`.
+"""
 from __future__ import annotations
 
 import math
