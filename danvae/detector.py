@@ -345,9 +345,7 @@ class Detector:
     def decode_with_nuisance(self, images: np.ndarray, z_y: np.ndarray) -> np.ndarray:
         """Each image decoded with its own ``z_x`` and row i of ``z_y`` (N×dim) in place of its
         own: uint8 N×H×W×C at the model's size (a lighting traversal)."""
-        model = self._require_fitted().eval()
-        if not model.has_nuisance_latent:
-            raise NotImplementedError(f"model {self.model_config.name!r} has no z_y latent to decode with")
+        model = self._require_fitted().eval()  # a model without z_y refuses in decode_with_nuisance
         size = self.score_config.batch_size
         device = next(model.parameters()).device
         z_y = torch.as_tensor(np.asarray(z_y), dtype=torch.float32)

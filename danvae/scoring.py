@@ -16,8 +16,8 @@ import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 from tqdm.auto import tqdm
 
-from danvae.evaluation.metrics import bootstrap_aurocs
 from danvae.config import MODEL_SCORE_KINDS
+from danvae.evaluation.metrics import bootstrap_aurocs
 from danvae.models.base import AnomalyVAE
 from danvae.models.self_similarity import self_dissimilarity_map
 

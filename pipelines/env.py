@@ -12,13 +12,13 @@ from pathlib import Path
 from danvae import OFFLINE_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {**OFFLINE_ENV, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # the library's switches and Prefect's
+PREFECT_STARTUP = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}  # a cold server on a slow disk
 
 
 def project_defaults(project: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The switches (:data:`danvae.OFFLINE_ENV`) and where DVC, Prefect and matplotlib keep their state."""
-    return {**OFFLINE_ENV,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    """The switches (:data:`OFFLINE`) and where DVC, Prefect and matplotlib keep their state."""
+    return {**OFFLINE, **PREFECT_STARTUP,
             "DVC_SITE_CACHE_DIR": str(project / ".dvc" / "tmp" / "site_cache"),
             "PREFECT_HOME": str(project / ".prefect"),
             "MPLCONFIGDIR": str(project / ".cache" / "matplotlib")}
@@ -35,7 +35,7 @@ def tool_env(**overrides: str) -> dict[str, str]:
     interpreter's folder first on PATH (so ``python`` and ``dvc`` are the venv's), output
     unbuffered, then ``overrides``."""
     env = dict(os.environ)
-    env.update(OFFLINE_ENV, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(OFFLINE)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(overrides)

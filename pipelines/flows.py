@@ -49,13 +49,12 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
-from pipelines.env import tool_env
+from pipelines.env import PROJECT_ROOT, tool_env
 from pipelines.incoming import find_new_images  # noqa: F401 (re-exported)
 from pipelines.paths import validation_passed as _validation_passed
 from pipelines.single_flight import LOCK_FILE, RETRAIN_LIMIT, SingleFlight  # noqa: F401 (re-exported)
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-STAGES = tuple(yaml.safe_load((PROJECT_DIR / "dvc.yaml").read_text())["stages"])  # in the pipeline's order
+STAGES = tuple(yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"])  # in the pipeline's order
 TRAIN_FLOW = "train-stage"
 NO_NEW_IMAGES = "no new images"
 SKIPPED = "Skipped"  # the state name of a stage task whose DVC stage was up to date
@@ -95,7 +94,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 — Prefect's ret
 
 # ----------------------------------------------------------------------------- helpers
 def _project(project_dir: str | Path | None) -> Path:
-    root = Path(project_dir).expanduser().resolve() if project_dir else PROJECT_DIR
+    root = Path(project_dir).expanduser().resolve() if project_dir else PROJECT_ROOT
     if not (root / "dvc.yaml").is_file():
         raise FileNotFoundError(
             f"{root} is not the project (no dvc.yaml there); pass project_dir=<checkout>. A worker on another "

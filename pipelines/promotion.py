@@ -20,7 +20,7 @@ from danvae.data.selection import test_rows
 from danvae.mlops.gate import describe_version, promote
 from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
 from danvae.mlops.tracking import configure_tracking
-from pipelines.paths import RUN_FILE, validation_passed
+from pipelines.paths import DATA, RUN_FILE, validation_passed
 
 
 def register_and_promote(project_dir: Path, params: Params, validation_passed_: bool | None = None, *,
@@ -37,9 +37,9 @@ def register_and_promote(project_dir: Path, params: Params, validation_passed_: 
         tags = {MODEL_SHA256_TAG: run["model_sha256"]} if run.get("model_sha256") else None
         version = str(register_version(run["model_uri"], name, run_id=run["run_id"], tags=tags,
                                        alias=params.tracking.alias).version)
-    manifest = load_manifest(project_dir / "data")
+    manifest = load_manifest(project_dir / DATA)
     test = test_rows(manifest, params.data.test_anomaly_share)
-    images = load_images(project_dir / "data")[test["row"].to_numpy()]
+    images = load_images(project_dir / DATA)[test["row"].to_numpy()]
     passed = validation_passed(project_dir) if validation_passed_ is None else validation_passed_
     decision = promote(None, name, version, images, (test["label"] == "anomaly").to_numpy(),
                        auroc_tolerance=params.promote.auroc_tolerance, dark_tolerance=params.promote.dark_tolerance,

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import PROJECT_ROOT
-from pipelines.env import tool_env
+from pipelines.env import PREFECT_STARTUP, tool_env
 
 STATE_FILE = Path(".prefect/schedule.json")
 LOG_DIR = Path(".prefect/logs")
@@ -51,8 +51,8 @@ def prefect_home(project: Path) -> Path:
 
 def base_env(project: Path, api_url: str | None = None) -> dict[str, str]:
     """Environment for every Prefect process this module starts: state inside the project, offline."""
-    env = tool_env(PREFECT_HOME=str(prefect_home(project)), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
-                   PYTHONUNBUFFERED="1", PROJECT_DIR=str(project))
+    env = tool_env(**PREFECT_STARTUP, PREFECT_HOME=str(prefect_home(project)), PYTHONUNBUFFERED="1",
+                   PROJECT_DIR=str(project))
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

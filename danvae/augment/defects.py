@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from danvae.config import DEFECT_FAMILIES as FAMILIES
 
+Device = torch.device | str
+
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
     return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device)
@@ -39,7 +41,7 @@ def _grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return yy, xx
 
 
-def blob_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device | str, area: tuple[float, float] = (0.004, 0.04),
+def blob_masks(n: int, h: int, w: int, g: torch.Generator, device: Device, area: tuple[float, float] = (0.004, 0.04),
                side: int | None = None) -> torch.Tensor:
     """Irregular blobs (thresholded smooth noise under a random Gaussian window), n×H×W bool,
     each covering a random share within ``area`` of a ``side``² image (default: this one)."""
@@ -59,7 +61,7 @@ def blob_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device 
     return (flat >= kth).view(n, h, w)
 
 
-def polyline_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device | str, side: int | None = None) -> torch.Tensor:
+def polyline_masks(n: int, h: int, w: int, g: torch.Generator, device: Device, side: int | None = None) -> torch.Tensor:
     """Thin polylines of 1–3 segments, 1–2 px wide, n×H×W bool (lengths relative to ``side``)."""
     yy, xx = _grid(h, w, device)
     out = torch.zeros(n, h, w, dtype=torch.bool, device=device)
@@ -82,7 +84,7 @@ def polyline_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.dev
     return out
 
 
-def dot_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device | str, side: int | None = None) -> torch.Tensor:
+def dot_masks(n: int, h: int, w: int, g: torch.Generator, device: Device, side: int | None = None) -> torch.Tensor:
     """1–4 small discs of radius 1–3 px at 64 px (scaled with ``side``), n×H×W bool."""
     yy, xx = _grid(h, w, device)
     out = torch.zeros(n, h, w, dtype=torch.bool, device=device)
@@ -95,7 +97,7 @@ def dot_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device |
     return out
 
 
-def rect_masks(n: int, h: int, w: int, g: torch.Generator, device: torch.device | str, side: int | None = None) -> torch.Tensor:
+def rect_masks(n: int, h: int, w: int, g: torch.Generator, device: Device, side: int | None = None) -> torch.Tensor:
     """Axis-aligned rectangles of 4–20 % of ``side``, n×H×W bool."""
     yy, xx = _grid(h, w, device)
     side = side or min(h, w)

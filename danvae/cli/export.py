@@ -79,7 +79,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(message, file=sys.stderr if args.quiet else sys.stdout)
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_export_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+                      ) -> argparse.ArgumentParser:
     p = add_model_command(subparsers, "export", parent, "the scoring graph as an ONNX file for onnxruntime",
                           __doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="the .onnx file to write")

@@ -72,7 +72,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
           f"{', contact_sheet.png' if len(ranked) else ''}, index.html)", file=sys.stderr if args.quiet else sys.stdout)
 
 
-def add_predict_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_predict_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+                       ) -> argparse.ArgumentParser:
     p = add_model_command(subparsers, "predict", parent,
                           "decisions, normalised scores and heatmap overlays for a folder", __doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the image folder (any layout; normal/ and anomaly/ give labels)")

@@ -102,7 +102,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0 if decision.promoted else REFUSED_EXIT_CODE
 
 
-def add_promote_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def add_promote_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser | None = None
+                       ) -> argparse.ArgumentParser:
     """Add ``promote`` to ``danvae``'s subcommands (``sub = p.add_subparsers(...)``)."""
     from danvae.cli.common import DefaultsHelpFormatter
     from danvae.config import PromoteConfig

@@ -152,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_train_parser(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+                     ) -> argparse.ArgumentParser:
     train, model, synthetic = TrainConfig(), ModelConfig(), SyntheticDefectConfig()
     t = subparsers.add_parser("train", parents=[parent], formatter_class=DefaultsHelpFormatter,
                               help="train a detector on DIR/normal and DIR/anomaly/<defect>",

@@ -10,7 +10,6 @@ from pipelines.paths import DATA
 from pipelines.stages.common import run_stage
 
 
-
 def main(params: Params) -> None:
     folders = materialize_sources(params.data.sources, DATA / "raw")
     incoming = Path(params.data.incoming)

@@ -64,7 +64,8 @@ def main(params: Params) -> None:
     fit = dict(val_images=images[val["row"].to_numpy()], val_is_anomaly=(val["label"] == "anomaly").to_numpy(),
                run_dir=MODEL_DIR, checkpoint_dir=checkpoint_dir(params, list(train["id"])),
                masks=load_masks(DATA, train, params.data.image_size), has_mask=has_mask(train),
-               nuisance=factor_values(train, params.data.nuisance), val_nuisance=factor_values(val, params.data.nuisance))
+               nuisance=factor_values(train, params.data.nuisance),
+               val_nuisance=factor_values(val, params.data.nuisance))
     if not world.is_main:  # another DDP rank: it trains in step with rank 0, which tracks, saves and registers
         detector.fit(images[train["row"].to_numpy()], (train["label"] == "anomaly").to_numpy(), progress=False, **fit)
         return

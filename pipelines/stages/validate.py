@@ -8,13 +8,13 @@ from danvae.config import Params
 from danvae.data.data_docs import DataDocsError, build_data_docs
 from danvae.data.manifest import load_manifest
 from danvae.data.validation import validate_manifest
-from pipelines.paths import VALIDATION_REPORT
+from pipelines.paths import DATA, VALIDATION_REPORT
 from pipelines.stages.common import run_stage, write_json
 
 
 
 def main(params: Params) -> None:
-    report = validate_manifest(load_manifest("data"), params.validate_, data=params.data)
+    report = validate_manifest(load_manifest(DATA), params.validate_, data=params.data)
     summary = report.to_dict(include_gx_result=True)
     try:
         if report.gx_result is None:

@@ -22,10 +22,10 @@ from danvae.data.folders import discover, pack  # noqa: E402
 from danvae.data.synthetic import generate_surfaces  # noqa: E402
 from danvae.evaluation.disentanglement import (NoNuisanceLatent, brightness_line, held_out_r2,  # noqa: E402
                                                traversal_images)
-from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, load_masks, pixel_auroc, pr_points,  # noqa: E402
-                                       resize_masks, roc_points)
-from danvae.images import brightness  # noqa: E402
+from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, load_masks, pixel_auroc,  # noqa: E402
+                                       pr_points, resize_masks, roc_points)
 from danvae.evaluation.report import FIGURES, HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
+from danvae.images import brightness  # noqa: E402
 
 SIZE = 32
 TRAIN = TrainConfig(epochs=25, warmup_epochs=6, batch_size=32, seed=0)
