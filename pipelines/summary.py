@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from danvae.config import load_params
-from danvae.data.data_docs import data_docs_index
+from danvae.data.validation.data_docs import data_docs_index
 from pipelines.promotion import register_and_promote
 from pipelines.stages.common import USER_ERRORS, format_figure, read_run, write_json
 

@@ -31,7 +31,7 @@ PROBE = '''
 import contextlib, json, os, sys
 from pathlib import Path
 import numpy as np, torch
-import danvae.train as T
+import danvae.train.trainer as T
 from danvae.config import ModelConfig, TrainConfig
 from danvae.data.labelled import load_folder
 from danvae.images import brightness

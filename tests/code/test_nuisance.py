@@ -116,14 +116,14 @@ def test_relit_and_cropped_images_keep_a_recorded_factor_honest(lighting_run):
                      anomaly=torch.zeros(6, dtype=torch.bool))
 
     gen = torch.Generator().manual_seed(0)
-    trainer.y_measured = False  # a recorded factor: a relit image's label no longer holds, a crop's does
-    relit = trainer._relight(batch(), gen, share=1.0)
+    trainer.augmenter.y_measured = False  # a recorded factor: a relit image's label no longer holds, a crop's does
+    relit = trainer.augmenter.relight_some(batch(), gen, share=1.0)
     assert not relit.y_known.any() and torch.equal(relit.y, y)
-    assert torch.equal(trainer._crop(batch(), [0] * 6, [0] * 6).y, y)
-    trainer.y_measured = True  # brightness: measured again on the relit or cropped image
-    relit = trainer._relight(batch(), torch.Generator().manual_seed(0), share=1.0)
+    assert torch.equal(trainer.augmenter.crop(batch(), [0] * 6, [0] * 6).y, y)
+    trainer.augmenter.y_measured = True  # brightness: measured again on the relit or cropped image
+    relit = trainer.augmenter.relight_some(batch(), torch.Generator().manual_seed(0), share=1.0)
     assert relit.y_known.all() and not torch.allclose(relit.y, y)
-    assert not torch.allclose(trainer._crop(batch(), [0] * 6, [0] * 6).y, y)
+    assert not torch.allclose(trainer.augmenter.crop(batch(), [0] * 6, [0] * 6).y, y)
 
 
 def test_danvae_score_reads_the_factor_beside_the_images(lighting_run, tmp_path, capsys):

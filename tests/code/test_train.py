@@ -93,7 +93,7 @@ def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
         masks[i, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = True
     data = TrainingData.from_arrays(imgs, np.full(6, 0.5), np.ones(6, bool), masks=masks)
     trainer = Trainer(_model(0), TrainConfig(epochs=1, warmup_epochs=0, crop=32), progress=False)
-    batch = trainer._crop_around_defects(trainer._batch(data, torch.arange(6)), torch.Generator().manual_seed(0))
+    batch = trainer.augmenter.crop_around_defects(trainer._batch(data, torch.arange(6)), torch.Generator().manual_seed(0))
     assert batch.x.shape == (6, 3, 32, 32) and batch.mask.shape == (6, 32, 32)
     assert (batch.mask.flatten(1).sum(dim=1) == torch.from_numpy(masks).flatten(1).sum(dim=1)).all()
 
@@ -165,12 +165,12 @@ def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks
     cfg = cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"share": 1.0, "transplant": 1.0})})
     with_masks = TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly, masks=masks)
     trainer = Trainer(_model(0), cfg, progress=False)
-    trainer._bank = trainer._defect_bank(with_masks)
-    assert len(trainer._bank) == 2
-    batch = trainer._augment_normals(trainer._batch(with_masks, torch.arange(8)), torch.Generator().manual_seed(0))
+    trainer.augmenter.bank = trainer.augmenter.defect_bank(with_masks)
+    assert len(trainer.augmenter.bank) == 2
+    batch = trainer.augmenter.augment_normals(trainer._batch(with_masks, torch.arange(8)), torch.Generator().manual_seed(0))
     sizes = batch.mask.flatten(1).sum(1)
     assert (sizes == 4 * 22).all(), "every normal got a real streak (maybe turned), not a synthetic defect"
-    assert Trainer(_model(0), cfg, progress=False)._defect_bank(
+    assert Trainer(_model(0), cfg, progress=False).augmenter.defect_bank(
         TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly)) is None
 
 

@@ -1,0 +1,41 @@
+"""What changes from epoch to epoch: the β warm-up, the learning rate, the loss weights, and the
+first epoch whose weights may be kept."""
+from __future__ import annotations
+
+import math
+
+from danvae.config import TrainConfig
+from danvae.models.base import LossWeights
+
+REFERENCE_PIXELS = 3 * 128 * 128
+REFERENCE_ALPHA = 3500.0
+
+
+def warmup_factor(epoch: int, warmup_epochs: int) -> float:
+    """Linear ramp from 0 at epoch 0 to 1 at ``warmup_epochs`` (0-based epochs)."""
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def default_alpha(channels: int, image_size: int) -> float:
+    """The reference α = 3500 was set for 128×128 RGB; scale it with the pixel count,
+    since the reconstruction term it balances is a sum over pixels."""
+    return REFERENCE_ALPHA * channels * image_size * image_size / REFERENCE_PIXELS
+
+
+def selection_start(cfg: TrainConfig) -> int:
+    """The first epoch (0-based) whose weights ``keep_best`` may keep: the second half, after warm-up."""
+    return max(cfg.warmup_epochs, cfg.epochs // 2)
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The epoch's learning rate: constant, or cosine from ``lr`` down to ``lr``/20 at the last epoch."""
+    if cfg.lr_schedule == "constant" or cfg.epochs <= 1:
+        return cfg.lr
+    floor = cfg.lr / 20
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
+
+
+def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -> LossWeights:
+    f = warmup_factor(epoch, cfg.warmup_epochs)
+    alpha = cfg.alpha if cfg.alpha is not None else default_alpha(channels, image_size)
+    return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha)
