@@ -31,17 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import pipelines  # noqa: F401  (offline/no-telemetry defaults and PREFECT_HOME before prefect loads)
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -49,36 +45,17 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
-from pipelines.env import PROJECT_ROOT, tool_env
+from pipelines.dvc_runner import STAGES, StageFailed, dvc_stale, run_dvc_stage
+from pipelines.env import PROJECT_ROOT
 from pipelines.incoming import find_new_images  # noqa: F401 (re-exported)
 from pipelines.paths import validation_passed as _validation_passed
 from pipelines.single_flight import LOCK_FILE, RETRAIN_LIMIT, SingleFlight  # noqa: F401 (re-exported)
+from pipelines.train_pool import TRAIN_FLOW, check_pool_reachable, train_on_pool
 
-STAGES = tuple(yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"])  # in the pipeline's order
-TRAIN_FLOW = "train-stage"
 NO_NEW_IMAGES = "no new images"
 SKIPPED = "Skipped"  # the state name of a stage task whose DVC stage was up to date
 STAGE_RETRIES = 2
 STAGE_RETRY_DELAYS = exponential_backoff(backoff_factor=10)  # 10 s, 20 s
-_PROGRESS = re.compile(r"\d+%\|.*\||it/s\]|s/it\]")
-_DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
-              "Use `dvc push`")
-
-
-# ----------------------------------------------------------------------------- errors
-class StageFailed(RuntimeError):
-    """A DVC stage ended non-zero; ``retriable`` says whether trying again can help."""
-
-    def __init__(self, stage: str, message: str, returncode: int | None = None, retriable: bool = True):
-        super().__init__(message)
-        self.stage, self.message, self.returncode, self.retriable = stage, message, returncode, retriable
-
-
-class ValidationStageFailed(StageFailed):
-    """The validate stage refused the data (critical expectation or brightness drift): never retried."""
-
-    def __init__(self, message: str, returncode: int | None = None):
-        super().__init__("validate", message, returncode, retriable=False)
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 — Prefect's retry_condition_fn signature
@@ -108,53 +85,6 @@ def _params(root: Path, params_path: str):
     return load_params(root / params_path)
 
 
-def _failure(stage: str, lines: list[str], returncode: int) -> StageFailed:
-    """Turn a failed ``dvc repro`` into the right error: validation, a user error, or transient."""
-    text = "\n".join(lines)
-    failed = re.search(rf"^{stage}: FAILED: .*$", text, re.M)
-    if stage == "validate" and failed:
-        return ValidationStageFailed(failed.group(0), returncode)
-    user = re.search(rf"^{stage}: error: .*$", text, re.M)
-    if user:
-        return StageFailed(stage, user.group(0), returncode, retriable=False)
-    dvc_errors = [ln for ln in lines if ln.startswith("ERROR:")]
-    detail = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
-    if returncode < 0:
-        detail = f"killed by signal {-returncode}; {detail}"
-    return StageFailed(stage, f"{stage}: dvc repro failed ({returncode}): {detail}", returncode, retriable=True)
-
-
-def run_dvc_stage(stage: str, root: Path, logger=None) -> dict[str, Any]:  # noqa: ANN001
-    """``dvc repro --single-item <stage>`` in ``root``; its output is logged line by line.
-
-    Returns {"stage", "ran", "skipped", "seconds", "message"}; raises :class:`StageFailed`.
-    """
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    start = time.monotonic()
-    lines: list[str] = []
-    proc = subprocess.Popen(cmd, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1)
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip()
-        if not line.strip() or _PROGRESS.search(line):
-            continue
-        lines.append(line)
-        if logger is not None and not line.strip().startswith(_DVC_HINTS):
-            logger.info("%s", line)
-    returncode = proc.wait()
-    seconds = round(time.monotonic() - start, 1)
-    if returncode != 0:
-        raise _failure(stage, lines, returncode)
-    text = "\n".join(lines)
-    skipped = f"Stage '{stage}' didn't change, skipping" in text
-    ran = f"Running stage '{stage}'" in text
-    summary = next((ln for ln in reversed(lines) if ln.startswith(f"{stage}:")), "")
-    message = (f"{stage}: up to date, skipped by DVC" if skipped else
-               f"{stage}: ran in {seconds:g} s" + (f" ({summary.split(':', 1)[1].strip()})" if summary else ""))
-    return {"stage": stage, "ran": ran, "skipped": skipped, "seconds": seconds, "message": message}
-
-
 # ----------------------------------------------------------------------------- tasks
 @task(name="dvc-stage", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS, retry_jitter_factor=0.2,
       retry_condition_fn=_transient, cache_policy=NO_CACHE, persist_result=False)
@@ -171,64 +101,6 @@ def _stage(stage: str, project_dir: str, after: State | None = None) -> State:
     Returns its final state; ``.result()`` gives the stage's record (and raises if it failed)."""
     return stage_task.with_options(name=stage, task_run_name=stage)(
         stage, project_dir, wait_for=[after] if after is not None else None, return_state=True)
-
-
-def _check_pool_reachable(pool: str) -> None:
-    """A work pool needs a real server that workers poll; Prefect's temporary local API has none."""
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        raise StageFailed("train", f"orchestration.train_pool is {pool!r} but no Prefect server is configured "
-                          "(PREFECT_API_URL): start one (python -m pipelines.schedule start) or set "
-                          "orchestration.train_pool: null", retriable=False)
-
-
-@task(name="train-on-pool", cache_policy=NO_CACHE, persist_result=False)
-def train_on_pool(pool: str, project_dir: str, params_path: str, timeout_s: float) -> dict[str, Any]:
-    """Run ``train-stage/<pool>`` (a worker on that pool executes it) and wait for it."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
-    logger = get_run_logger()
-    name = f"{TRAIN_FLOW}/{pool}"
-    _check_pool_reachable(pool)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            raise StageFailed("train", f"no deployment {name!r} on the server: deploy with "
-                              "`python -m pipelines.schedule deploy`", retriable=False) from None
-        try:
-            online = [w.name for w in client.read_workers_for_work_pool(pool) if str(w.status).endswith("ONLINE")]
-        except Exception:  # noqa: BLE001 — informational only
-            online = []
-    if online:
-        logger.info("sending the train stage to work pool %r (workers online: %s)", pool, ", ".join(online))
-    else:
-        logger.warning("no worker is polling work pool %r right now; the train run waits for one "
-                       "(`prefect worker start --pool %s`), at most %g s", pool, pool, timeout_s)
-    start = time.monotonic()
-    run = run_deployment(name=name, parameters={"project_dir": project_dir, "params_path": params_path},
-                         timeout=timeout_s, poll_interval=2)
-    state = run.state
-    where = f"flow run {run.name!r} ({run.id}) on pool {run.work_pool_name or pool!r}"
-    if state is None or not state.is_final():
-        with get_client(sync_client=True) as client:
-            from prefect.states import Cancelling
-
-            client.set_flow_run_state(run.id, Cancelling(message="the pipeline stopped waiting for it"), force=True)
-        raise StageFailed("train", f"train: {where} did not finish within {timeout_s:g} s "
-                          f"(state {state.name if state else 'unknown'}); is a worker running on pool {pool!r}?",
-                          retriable=False)
-    if not state.is_completed():
-        raise StageFailed("train", f"train: {where} ended {state.name}: {state.message or ''}".strip(),
-                          retriable=False)
-    message = state.message or "train: done"
-    logger.info("%s — %s (infrastructure %s)", where, message, run.infrastructure_pid)
-    return {"stage": "train", "ran": "skipped" not in message, "skipped": "skipped" in message,
-            "seconds": round(time.monotonic() - start, 1), "message": message, "pool": pool,
-            "flow_run_id": str(run.id), "flow_run_name": run.name}
 
 
 def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -336,7 +208,7 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
     logger = get_run_logger()
     pool = params.orchestration.train_pool
     if pool:
-        _check_pool_reachable(pool)  # before any stage runs
+        check_pool_reachable(pool)  # before any stage runs
     stages: dict[str, dict] = {}
     previous: State | None = None  # each stage waits for the one before: the run graph shows the pipeline
     for stage in STAGES:
@@ -358,17 +230,6 @@ def pipeline(project_dir: str | None = None, params_path: str = "params.yaml", t
 
 
 # ----------------------------------------------------------------------------- retraining
-def dvc_stale(root: Path) -> list[str]:
-    """Stages ``dvc status`` reports as changed (read-only; [] when up to date or when DVC cannot tell)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=tool_env(),
-                          capture_output=True, text=True, timeout=300)
-    try:
-        status = json.loads(proc.stdout or "{}")
-    except json.JSONDecodeError:
-        return []
-    return sorted(k.split(":")[-1] for k in status) if isinstance(status, dict) else []
-
-
 @task(name="find-new-images", cache_policy=NO_CACHE, persist_result=False)
 def new_images_task(project_dir: str, incoming: str) -> list[str]:
     new = find_new_images(project_dir, incoming)
@@ -379,8 +240,7 @@ def new_images_task(project_dir: str, incoming: str) -> list[str]:
 
 @flow(name="retrain")
 def retrain(project_dir: str | None = None, params_path: str = "params.yaml",
-            if_busy: Literal["wait", "skip"] = "wait", max_wait_s: float = 6 * 3600,
-            lock_name: str = RETRAIN_LIMIT):
+            if_busy: Literal["wait", "skip"] = "wait", max_wait_s: float = 6 * 3600):
     """New images in ``data.incoming`` → the pipeline flow (ingest … register, gate); none →
     Completed "no new images" and nothing changes. One retrain at a time (see :class:`SingleFlight`):
     with ``if_busy="wait"`` a second run waits, then looks again (usually finding the images already
@@ -402,7 +262,7 @@ def retrain(project_dir: str | None = None, params_path: str = "params.yaml",
                                                  "stale": stale})
         logger.info("%s in %s; nothing to do", NO_NEW_IMAGES, incoming)
         return Completed(message=NO_NEW_IMAGES, data={"status": NO_NEW_IMAGES, "new_images": 0, "waited": False})
-    with SingleFlight(root, name=lock_name, wait=if_busy == "wait", max_wait_s=max_wait_s, logger=logger) as flight:
+    with SingleFlight(root, name=RETRAIN_LIMIT, wait=if_busy == "wait", max_wait_s=max_wait_s, logger=logger) as flight:
         if not flight.acquired:
             message = f"skipped: another retrain is running ({flight.holder})"
             logger.info("%s", message)

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.flows import (LOCK_FILE, StageFailed, ValidationStageFailed, _failure, _transient, find_new_images,
-                             retrain)
+from pipelines.dvc_runner import StageFailed, ValidationStageFailed
+from pipelines.dvc_runner import stage_failure as _failure
+from pipelines.flows import LOCK_FILE, _transient, find_new_images, retrain
 from tests.orchestration.conftest import add_incoming, new_repo
 
 
