@@ -19,7 +19,7 @@ import pandas as pd
 from danvae import Detector
 from danvae.config import TrainConfig
 from danvae.dask_scoring import score_on_dask
-from danvae.data.synthetic import MATERIALS, render_surface, sample_lighting, _difficulty
+from danvae.data.synthetic import MATERIALS, as_difficulty, render_surface, sample_lighting
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    d = _difficulty("default")
+    d = as_difficulty("default")
     images = np.stack([render_surface(rng, args.size, MATERIALS[i % len(MATERIALS)], None,
                                       sample_lighting(rng, 0.15), d).image for i in range(args.images)])
     root = Path(__file__).resolve().parents[1] / ".cache" / "bench-dask"

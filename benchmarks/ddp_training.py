@@ -23,12 +23,12 @@ import torch
 
 
 def training_data(n: int, size: int):
-    from danvae.data.synthetic import DEFECTS, MATERIALS, _difficulty, render_surface, sample_lighting
+    from danvae.data.synthetic import DEFECTS, MATERIALS, as_difficulty, render_surface, sample_lighting
     from danvae.images import brightness
     from danvae.train import TrainingData
 
     rng = np.random.default_rng(0)
-    d = _difficulty("default")
+    d = as_difficulty("default")
     n_anom = n // 10
     rows = [render_surface(rng, size, MATERIALS[rng.integers(len(MATERIALS))],
                            None if i < n - n_anom else DEFECTS[rng.integers(len(DEFECTS))],

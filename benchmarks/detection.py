@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 
 from danvae import Detector
 from danvae.config import LightingConfig, ModelConfig, ScoreConfig, SyntheticDefectConfig, TrainConfig
-from danvae.data.synthetic import DEFECTS, MATERIALS, render_surface, sample_lighting, _difficulty
+from danvae.data.synthetic import DEFECTS, MATERIALS, as_difficulty, render_surface, sample_lighting
 from danvae.evaluation.disentanglement import disentanglement_metrics
 from danvae.evaluation.metrics import evaluate_scores, pixel_auroc
 
@@ -50,7 +50,7 @@ def make_set(n_normal: int, n_anomaly: int, seed: int, difficulty: str, size: in
              defects: tuple[str, ...] = DEFECTS) -> dict:
     """Images, labels, masks, material, defect and lighting, rendered in memory."""
     rng = np.random.default_rng(seed)
-    d = _difficulty(difficulty)
+    d = as_difficulty(difficulty)
     rows = []
     for i in range(n_normal + n_anomaly):
         defect = None if i < n_normal else defects[rng.integers(len(defects))]

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def images(n: int, seed: int):
-    from danvae.data.synthetic import DEFECTS, MATERIALS, _difficulty, render_surface, sample_lighting
+    from danvae.data.synthetic import DEFECTS, MATERIALS, as_difficulty, render_surface, sample_lighting
 
     rng = np.random.default_rng(seed)
-    d = _difficulty("default")
+    d = as_difficulty("default")
     n_anom = n // 10
     rows = [render_surface(rng, 64, MATERIALS[rng.integers(len(MATERIALS))],
                            None if i < n - n_anom else DEFECTS[rng.integers(len(DEFECTS))],

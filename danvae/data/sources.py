@@ -28,7 +28,10 @@ def _generator_fingerprint() -> str:
     """Hash of the generator's code: a changed generator regenerates even with the same params."""
     from danvae.data import synthetic
 
-    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in sorted(Path(synthetic.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def materialize_sources(sources: Sequence[SyntheticSource | FolderSource], raw_dir: str | Path
