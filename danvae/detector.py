@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NuisanceError
@@ -31,29 +29,11 @@ from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
 from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
                             fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, image_batches,
-                            score_images, self_dissimilarities)
-from danvae.train import Trainer, TrainingData, selection_start
+                            score_images)
+from danvae.train import Trainer, TrainingData
+from danvae.holdout import ValidationAUROC, holdout_split
 
 DETECTOR_FILE = "detector.pt"
-VAL_POINTS = 20  # validation AUROC is tracked at about this many epochs of a run
-
-
-def validation_epochs(cfg: TrainConfig) -> set[int]:
-    """The epochs (0-based) after which the validation AUROC is measured: about ``VAL_POINTS`` of
-    them and always the last. Before keep_best's window a long run measures half as often, as
-    those points only draw the learning curve (each pass costs about an epoch)."""
-    every = max(1, cfg.epochs // VAL_POINTS)
-    start = selection_start(cfg)
-    due = {e for e in range(cfg.epochs) if (e + 1) % (every if e >= start or every == 1 else 2 * every) == 0}
-    return due | {cfg.epochs - 1}
-
-
-def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of train and validation images, stratified by label when anomalies allow it."""
-    idx = np.arange(len(is_anomaly))
-    stratify = is_anomaly if int(is_anomaly.sum()) >= 2 and int((~is_anomaly).sum()) >= 2 else None
-    train_idx, val_idx = train_test_split(idx, test_size=val_share, random_state=seed, stratify=stratify)
-    return np.sort(train_idx), np.sort(val_idx)
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -137,22 +117,9 @@ class Detector:
         self.model = build_model(self.model_config, self.channels, self.image_size)
         val_y = self._y(val_images, val_nuisance)
 
-        due_epochs = validation_epochs(self.train_config)
-        val_dissimilarity: np.ndarray | None = None
-
-        def track_validation(epoch: int, record: dict[str, float]) -> dict[str, float]:
-            nonlocal val_dissimilarity
-            extra = dict(on_epoch_end(epoch, record) or {}) if on_epoch_end else {}
-            if epoch in due_epochs and val_labels.any() and (~val_labels).any():
-                if val_dissimilarity is None:
-                    val_dissimilarity = self_dissimilarities(val_images, self.score_config.batch_size,
-                                                             next(self.model.parameters()).device)
-                table, _ = score_images(self.model, val_images, val_y, self.score_config.batch_size,
-                                        dissimilarity=val_dissimilarity)
-                extra["val_auroc"] = float(roc_auc_score(val_labels, table[default_kind(self.model)]))
-            return extra
-
-        trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track_validation)
+        track = ValidationAUROC(self.model, val_images, val_labels, val_y, self.train_config,
+                                  self.score_config.batch_size, then=on_epoch_end)
+        trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track)
         self.history = trainer.fit(data)
         self.best_epoch = trainer.best_epoch
         self.resumed_from_epoch = trainer.start_epoch  # 0: trained from the first epoch

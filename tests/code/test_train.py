@@ -5,7 +5,7 @@ import torch
 
 from danvae.config import ModelConfig, TrainConfig
 from danvae.models import build_model
-from danvae.detector import validation_epochs
+from danvae.holdout import validation_epochs
 from danvae.train import Trainer, TrainingDiverged, selection_start
 from tests.code.test_models import _tiny_data
 

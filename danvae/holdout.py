@@ -1,0 +1,57 @@
+"""What a fit holds out and watches: the validation split, and the validation AUROC measured at
+about ``VAL_POINTS`` epochs of a run (what ``train.keep_best`` chooses the kept epoch by)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from danvae.config import TrainConfig
+from danvae.models import AnomalyVAE
+from danvae.scoring import default_kind, score_images, self_dissimilarities
+from danvae.train import selection_start
+
+VAL_POINTS = 20  # validation AUROC is tracked at about this many epochs of a run
+
+
+def validation_epochs(cfg: TrainConfig) -> set[int]:
+    """The epochs (0-based) after which the validation AUROC is measured: about ``VAL_POINTS`` of
+    them and always the last. Before keep_best's window a long run measures half as often, as
+    those points only draw the learning curve (each pass costs about an epoch)."""
+    every = max(1, cfg.epochs // VAL_POINTS)
+    start = selection_start(cfg)
+    due = {e for e in range(cfg.epochs) if (e + 1) % (every if e >= start or every == 1 else 2 * every) == 0}
+    return due | {cfg.epochs - 1}
+
+
+def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of train and validation images, stratified by label when anomalies allow it."""
+    idx = np.arange(len(is_anomaly))
+    stratify = is_anomaly if int(is_anomaly.sum()) >= 2 and int((~is_anomaly).sum()) >= 2 else None
+    train_idx, val_idx = train_test_split(idx, test_size=val_share, random_state=seed, stratify=stratify)
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+class ValidationAUROC:
+    """The ``on_epoch_end`` callback of a fit: after each due epoch, the validation AUROC of the
+    model's default score kind as ``val_auroc`` (what ``keep_best`` reads), after the user's own
+    callback's entries. Nothing is measured when validation lacks either label."""
+
+    def __init__(self, model: AnomalyVAE, images: np.ndarray, labels: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+                 batch_size: int, then: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None):
+        self.model, self.images, self.labels, self.y = model, images, labels, y
+        self.batch_size, self.then = batch_size, then
+        self.due = validation_epochs(cfg)
+        self._dissimilarity: np.ndarray | None = None  # computed once: it does not depend on the model
+
+    def __call__(self, epoch: int, record: dict[str, float]) -> dict[str, float]:
+        extra = dict(self.then(epoch, record) or {}) if self.then else {}
+        if epoch in self.due and self.labels.any() and (~self.labels).any():
+            if self._dissimilarity is None:
+                self._dissimilarity = self_dissimilarities(self.images, self.batch_size,
+                                                           next(self.model.parameters()).device)
+            table, _ = score_images(self.model, self.images, self.y, self.batch_size, dissimilarity=self._dissimilarity)
+            extra["val_auroc"] = float(roc_auc_score(self.labels, table[default_kind(self.model)]))
+        return extra
