@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from pipelines import sweep
+from pipelines import sweep, sweep_table
 from tests.pipeline.conftest import make_repo
 
 METRICS = {"auroc": 0.7, "auroc_darkest": 0.6, "brightness_spearman_normal": -0.2, "r2_zy": 0.9, "r2_zx": 0.1,
@@ -50,7 +50,7 @@ def test_grid_queues_vae_once_per_zx_unless_asked():
 
 
 def test_rows_from_exp_show_keeps_finished_experiments_only():
-    rows = sweep.rows_from_exp_show(show(
+    rows = sweep_table.rows_from_exp_show(show(
         exp_rev("done", "danvae", 24, 0.05),
         exp_rev("nometrics", "dpvae", 24, 0.05, metrics=None),
         exp_rev("broken", "vae", 24, 0.05, error={"type": "ReproductionError", "msg": "failed"}),
@@ -60,23 +60,23 @@ def test_rows_from_exp_show_keeps_finished_experiments_only():
 
 
 def test_gather_table_sorts_dedupes_and_to_markdown_marks_vae():
-    rows = sweep.rows_from_exp_show(show(
+    rows = sweep_table.rows_from_exp_show(show(
         exp_rev("d1", "danvae", 56, 0.2), exp_rev("v", "vae", 24, 0.05, {**METRICS, "r2_zy": None}),
         exp_rev("old", "dpvae", 24, 0.1, {**METRICS, "auroc": 0.1}, timestamp="2026-01-01T00:00:00"),
         exp_rev("new", "dpvae", 24, 0.1, {**METRICS, "auroc": 0.9}, timestamp="2026-01-02T00:00:00"),
         exp_rev("d0", "danvae", 24, 0.2)))
-    table = sweep.gather_table(rows)
-    assert list(table.columns) == sweep.TABLE_COLUMNS
+    table = sweep_table.gather_table(rows)
+    assert list(table.columns) == sweep_table.TABLE_COLUMNS
     assert list(zip(table["model"], table["zx_dim"], table["ratio"])) == [
         ("vae", 24, 0.05), ("dpvae", 24, 0.1), ("danvae", 24, 0.2), ("danvae", 56, 0.2)]
     assert table.loc[1, "auroc"] == 0.9 and table.loc[1, "experiment"] == "new"
     assert math.isnan(table.loc[0, "r2_zy"])
-    md = sweep.to_markdown(table)
+    md = sweep_table.to_markdown(table)
     lines = md.splitlines()
     assert lines[0].startswith("| model | zx_dim | ratio | AUROC | AUROC darkest quintile |")
     assert "| vae | 24 | 0.05* | 0.700 | 0.600 | -0.200 | — | 0.100 |" in lines
     assert "does not change it" in md
-    assert sweep.gather_table([]).empty
+    assert sweep_table.gather_table([]).empty
 
 
 def test_rows_from_mlflow_reads_the_test_prefixed_metrics():
@@ -89,7 +89,7 @@ def test_rows_from_mlflow_reads_the_test_prefixed_metrics():
          "params.model.name": "vae", "params.model.zx_dim": "24", "params.data.train_anomaly_ratio": "0.05",
          "metrics.test..auroc": float("nan")},  # trained, never evaluated
     ])
-    table = sweep.gather_table(sweep.rows_from_mlflow(runs))
+    table = sweep_table.gather_table(sweep_table.rows_from_mlflow(runs))
     assert len(table) == 1 and table.loc[0, "model"] == "danvae" and table.loc[0, "zx_dim"] == 24
     assert table.loc[0, "ratio"] == 0.05 and table.loc[0, "auroc"] == 0.8
 
@@ -142,7 +142,7 @@ def test_a_tiny_sweep_queues_runs_and_gathers(tmp_path):
     out = repo.run(py, "-m", "pipelines.sweep", "gather", "--out", "reports/sweep").stdout
     assert "(from dvc)" in out
     table = pd.read_csv(repo.path / "reports/sweep/sweep.csv")
-    assert list(table.columns) == sweep.TABLE_COLUMNS
+    assert list(table.columns) == sweep_table.TABLE_COLUMNS
     assert list(zip(table["model"], table["zx_dim"], table["ratio"])) == [("vae", 8, 0.1), ("danvae", 8, 0.1)]
     for col in ("auroc", "auroc_darkest"):
         assert table[col].between(0, 1).all()
