@@ -5,7 +5,7 @@ Validated once at the edge (CLI, params.yaml); plain values inside.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -196,7 +196,8 @@ class SplitShares(_Strict):
 
 
 class DataConfig(_Strict):
-    sources: list[SyntheticSource | FolderSource] = Field(default_factory=lambda: [SyntheticSource()])
+    sources: list[SyntheticSource | FolderSource] = Field(
+        default_factory=lambda: list[SyntheticSource | FolderSource]([SyntheticSource()]))
     incoming: str = "data/incoming"
     image_size: Literal[32, 64, 128, 256] = 64  # the sizes the networks are built for
     channels: Literal[1, 3] = 3
@@ -277,7 +278,7 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or holds a bad value; the message names the key."""
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Any) -> str:  # pydantic's ErrorDetails, a TypedDict
     key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("SyntheticSource", "FolderSource")))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":

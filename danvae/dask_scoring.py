@@ -55,7 +55,9 @@ def chunks_of(images: np.ndarray, batch_size: int, batches_per_chunk: int = 1) -
 def factor_chunks(nuisance: np.ndarray | None, n_chunks: int, batch_size: int, batches_per_chunk: int = 1
                   ) -> list[np.ndarray | None]:
     """Each chunk's nuisance values, cut as :func:`chunks_of` cuts the images (``None`` each for brightness)."""
-    return [None] * n_chunks if nuisance is None else chunks_of(np.asarray(nuisance), batch_size, batches_per_chunk)
+    if nuisance is None:
+        return [None] * n_chunks
+    return list(chunks_of(np.asarray(nuisance), batch_size, batches_per_chunk))
 
 
 def local_cluster_options(workers: int, scratch: Path) -> dict:
@@ -96,8 +98,9 @@ def score_anywhere(detector: Detector, model_dir: str | Path, images: np.ndarray
     if workers > 1 or address:
         return score_on_dask(model_dir, images, workers=workers, address=address, heatmaps=heatmaps,
                              batch_size=detector.score_config.batch_size, nuisance=nuisance)
-    out = detector.score_table(images, heatmaps=heatmaps, progress=progress, nuisance=nuisance)
-    return out if heatmaps else (out, None)
+    if heatmaps:
+        return detector.score_table(images, heatmaps=True, progress=progress, nuisance=nuisance)
+    return detector.score_table(images, progress=progress, nuisance=nuisance), None
 
 
 def score_on_dask(model_dir: str | Path, images: np.ndarray, *, workers: int = 2, address: str | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ import torch
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NuisanceError
+from danvae.holdout import ValidationAUROC, holdout_split
 from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
@@ -31,7 +33,6 @@ from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_sco
                             fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, image_batches,
                             score_images)
 from danvae.train import Trainer, TrainingData
-from danvae.holdout import ValidationAUROC, holdout_split
 
 DETECTOR_FILE = "detector.pt"
 
@@ -103,7 +104,7 @@ class Detector:
                 nuisance, val_nuisance = np.asarray(nuisance)[tr], np.asarray(nuisance)[va]
             images, val_images = images[tr], images[va]
             is_anomaly, val_labels = is_anomaly[tr], is_anomaly[va]
-            if masks is not None:
+            if masks is not None and has_mask is not None:  # has_mask is set wherever masks is
                 masks, has_mask = masks[tr], has_mask[tr]
         else:
             val_images = fit_to(val_images, self.image_size, self.channels)
@@ -220,6 +221,14 @@ class Detector:
             raise RuntimeError("this Detector is not fitted yet: call fit() or Detector.load()")
         return self.model
 
+    @overload
+    def score_table(self, images: np.ndarray, with_decision: bool = ..., heatmaps: Literal[False] = ...,
+                    progress: bool = ..., nuisance: np.ndarray | None = ...) -> pd.DataFrame: ...
+
+    @overload
+    def score_table(self, images: np.ndarray, with_decision: bool = ..., *, heatmaps: Literal[True],
+                    progress: bool = ..., nuisance: np.ndarray | None = ...) -> tuple[pd.DataFrame, np.ndarray]: ...
+
     def score_table(self, images: np.ndarray, with_decision: bool = True, heatmaps: bool = False,
                     progress: bool = False, nuisance: np.ndarray | None = None
                     ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
@@ -278,7 +287,7 @@ class Detector:
         unknown = sorted(set(params) - set(self._params))
         if unknown:
             raise ValueError(f"Detector has no parameter {', '.join(unknown)}; it has {', '.join(self._params)}")
-        self.__init__(**{**self._params, **params})
+        Detector.__init__(self, **{**self._params, **params})
         return self
 
     def heatmaps(self, images: np.ndarray, nuisance: np.ndarray | None = None) -> np.ndarray:
@@ -315,8 +324,8 @@ class Detector:
         model = self._require_fitted().eval()  # a model without z_y refuses in decode_with_nuisance
         size = self.score_config.batch_size
         device = next(model.parameters()).device
-        z_y = torch.as_tensor(np.asarray(z_y), dtype=torch.float32)
-        out = [_to_uint8(model.decode_with_nuisance(x, z_y[i * size:(i + 1) * size].to(device)))
+        codes = torch.as_tensor(np.asarray(z_y), dtype=torch.float32)
+        out = [_to_uint8(model.decode_with_nuisance(x, codes[i * size:(i + 1) * size].to(device)))
                for i, x in enumerate(self._batches(images))]
         return np.concatenate(out) if out else self._empty_images()
 

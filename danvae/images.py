@@ -19,6 +19,7 @@ from struct import error as struct_error
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -82,6 +83,7 @@ def decode_image(data: bytes, size: int, channels: int = 3) -> tuple[np.ndarray,
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if not data:
         raise ImageError("empty file (0 bytes)")
+    img: Image.Image  # reassigned as it is converted: no longer the ImageFile it was opened as
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -178,10 +180,10 @@ def read_image(path: str | Path, size: int, channels: int = 3) -> tuple[np.ndarr
     return decode_image(read_file_bytes(path), size, channels)
 
 
-def brightness(images: np.ndarray) -> np.ndarray | float:
+def brightness(images: np.ndarray) -> Any:
     """Mean over pixels of the HSV value channel (max over colour channels), in [0, 1].
 
-    Accepts one H×W×C image or a batch N×H×W×C, uint8.
+    Accepts one H×W×C image (a float comes back) or a batch N×H×W×C (an N array), uint8.
     """
     arr = np.asarray(images)
     # max over a short last axis is slow in numpy; an elementwise maximum over the channel planes is not

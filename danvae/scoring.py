@@ -173,7 +173,7 @@ def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, default: str,
     kinds = [k for k in table.columns if k in (*MODEL_SCORE_KINDS, "fused") and np.isfinite(table[k]).all()]
     aurocs = {k: float(roc_auc_score(is_anomaly, table[k])) for k in kinds}
     if default not in aurocs:
-        default = max(aurocs, key=aurocs.get)
+        default = max(aurocs, key=lambda k: aurocs[k])
     boot = bootstrap_aurocs(is_anomaly, table[kinds].to_numpy(dtype=np.float64), n_boot, seed)
     chosen, how = default, "default"
     n_anomalies = int(is_anomaly.sum())
@@ -184,7 +184,7 @@ def choose_score_kind(table: pd.DataFrame, is_anomaly: np.ndarray, default: str,
         wins = {k: float((boot[:, j] > base).mean()) for j, k in enumerate(kinds) if k != default}
         better = [k for k, w in wins.items() if w >= confidence]
         if better:
-            chosen = max(better, key=aurocs.get)
+            chosen = max(better, key=lambda k: aurocs[k])
             how = f"validation: beats {default} in {wins[chosen]:.0%} of resamples"
     col = boot[:, kinds.index(chosen)]
     return KindChoice(chosen, how, aurocs, (float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))))

@@ -38,7 +38,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return super()._get_help_string(action) if self._has_default(action) else action.help or ""
+        return (super()._get_help_string(action) or "") if self._has_default(action) else action.help or ""
 
     @staticmethod
     def _has_default(action: argparse.Action) -> bool:

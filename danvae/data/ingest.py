@@ -165,6 +165,8 @@ def _decide(candidates: list[Candidate], results: list[FileRead], manifest: pd.D
                              width=res.width, height=res.height, channels=res.channels, resized=res.resized,
                              batch=batch, ingested_at=stamp, row=len(manifest) + len(out.rows),
                              stored_path=res.stored_path, mask_path=res.mask_path, info=c.info))
+        if res.image is None:  # an ok read always carries its pixels
+            raise RuntimeError(f"{c.path}: read as ok but no pixels came back")
         out.images.append(res.image)
     return out
 

@@ -27,6 +27,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temp file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -120,9 +121,9 @@ def write_images(path: Path, old: np.ndarray | None, new: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_old + len(new), *new.shape[1:]))
         step = 4096
-        for i in range(0, n_old, step):
+        for i in range(0, n_old, step):  # n_old is 0 when old is None
             j = min(i + step, n_old)
-            out[i:j] = old[i:j]
+            out[i:j] = cast(np.ndarray, old)[i:j]
         out[n_old:] = new
         out.flush()
         del out

@@ -95,6 +95,7 @@ def _values(data: bytes, expect: tuple[int, int] | None = None) -> np.ndarray:
     """
     if not data:
         raise MaskError("mask unreadable: empty file (0 bytes)")
+    img: Image.Image  # reassigned as it is converted: no longer the ImageFile it was opened as
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size

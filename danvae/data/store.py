@@ -168,7 +168,8 @@ def repack(out_dir: Path, manifest: pd.DataFrame, size: int, channels: int, work
         arr = res.image if res.status == "ok" else _restore_from_source(row, size, channels, out_dir)
         if arr is None:
             lost.append(f"{row['stored_path']} ({res.reason or res.status}; source {row['path']} gone or changed)")
-        arrays.append(arr)
+        else:
+            arrays.append(arr)
     if lost:
         raise DataError(f"cannot re-pack at {size}px x {channels} channels: {len(lost)} stored "
                         f"cop{'y is' if len(lost) == 1 else 'ies are'} unusable and cannot be restored: "

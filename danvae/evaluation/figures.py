@@ -22,6 +22,7 @@ from danvae.images import brightness
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.typing import LegendLocType
 
 DPI = 110
 __all__ = ["roc_figure", "pr_figure", "auroc_by_brightness_figure", "score_vs_brightness_figure",
@@ -50,7 +51,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 # ---- curves and charts -------------------------------------------------------------
-def _curve_figure(path: str | Path, curve: tuple[list, list] | None, label: str, missing: str, legend: str,
+def _curve_figure(path: str | Path, curve: tuple[list, list] | None, label: str, missing: str, legend: LegendLocType,
                   chance: Callable[[Axes], None], **axes: Any) -> Path:
     """A curve in the unit square (``missing`` written instead when there is none), over ``chance(ax)``."""
     fig = Figure(layout="constrained", figsize=(3.6, 3.4))
@@ -177,7 +178,7 @@ def heatmaps_figure(images: np.ndarray, heatmaps: np.ndarray, path: str | Path, 
 
 
 def traversal_figure(decoded: np.ndarray, path: str | Path, originals: np.ndarray | None = None,
-                     levels: Sequence[float] | None = None) -> Path:
+                     levels: Sequence[float] | np.ndarray | None = None) -> Path:
     """Rows: input images; columns: the traversal from dark to bright (``decoded`` is
     N×K×H×W×C from :func:`traversal_images`), after the original when given. Each cell is
     captioned with its decoded brightness."""

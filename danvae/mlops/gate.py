@@ -268,7 +268,7 @@ def promote(client: MlflowClient | None, name: str, version: str | int, images: 
                                      min_auroc=min_auroc)
         if force:
             decision, promoted = "forced", True
-            why = f"forced: {reason.strip()} (the gate would have {'passed' if passes else 'failed'}: {gate_reason})"
+            why = f"forced: {(reason or '').strip()} (the gate would have {'passed' if passes else 'failed'}: {gate_reason})"
         else:
             decision, promoted = ("promoted" if passes else "rejected"), passes
             why = f"{decision}: {gate_reason}"
@@ -293,12 +293,12 @@ def promote(client: MlflowClient | None, name: str, version: str | int, images: 
         tags: dict[str, Any] = {
             "gate.reason": why,
             "gate.validation_passed": "not checked" if validation_passed is None else validation_passed,
-            "gate.forced": force, **({"gate.force_reason": reason.strip()} if force else {}),
+            "gate.forced": force, **({"gate.force_reason": (reason or '').strip()} if force else {}),
             GATE_FIGURES_TAG: json.dumps(figures, default=_json_number),
         }
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v if k == GATE_FIGURES_TAG else _tag_value(v))
-        if champion is not None:
+        if champion is not None and champ is not None:  # champ is scored wherever there is a champion
             step = f"writing the decision tags on champion version {champion_version}"
             judged = {"decision": decision, "evaluated_at": now, "images_sha256": fingerprint,
                       "auroc": champ.get("auroc"), "auroc_darkest": champ.get("auroc_darkest"),

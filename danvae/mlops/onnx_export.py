@@ -16,7 +16,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -142,6 +142,12 @@ class OnnxDetector:
         self.score_kind = self.meta["danvae.score_kind"]
         self.threshold_ = float(self.meta["danvae.threshold"])
         self.batch_size = batch_size
+
+    @overload
+    def score_table(self, images: np.ndarray, heatmaps: Literal[False] = ...) -> pd.DataFrame: ...
+
+    @overload
+    def score_table(self, images: np.ndarray, heatmaps: Literal[True]) -> tuple[pd.DataFrame, np.ndarray]: ...
 
     def score_table(self, images: np.ndarray, heatmaps: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
         images = fit_to(images, self.image_size, self.channels)

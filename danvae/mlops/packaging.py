@@ -229,9 +229,11 @@ def log_detector(detector: Detector, name: str = "model", *, input_example: np.n
     if mlflow.active_run() is None:  # a run-less logged model: still in our experiment, not in ./mlruns
         configure_tracking()
         mlflow.set_experiment(experiment_id=get_or_create_experiment(DEFAULT_EXPERIMENT))
-    example = example_images(detector) if input_example is None else np.asarray(input_example)
+    images = example_images(detector) if input_example is None else np.asarray(input_example)
+    example: Any = images
     if detector.nuisance != BRIGHTNESS:  # such a model needs the factor per image: the example gives it
-        example = (example, {"nuisance": [float(np.mean(detector.nuisance_range))] * len(example)})
+        middle = float(np.mean(detector.nuisance_range or (0.0, 1.0)))  # the range is set by fit()
+        example = (images, {"nuisance": [middle] * len(images)})
     meta = detector.metadata()
     with tempfile.TemporaryDirectory(prefix="danvae-model-") as tmp, quiet_downloads():
         staged = Path(tmp)

@@ -161,8 +161,9 @@ def register_logged_model(info: ModelInfo, name: str, *, alias: str | None = CHA
                           ) -> ModelVersion:
     """Register what :func:`~danvae.mlops.packaging.log_detector` logged (its ``ModelInfo``) as a
     version of ``name``, with the weights' SHA-256 as :data:`MODEL_SHA256_TAG`; the ModelVersion."""
+    sha256 = info.danvae_model_sha256  # type: ignore[attr-defined]  # set on the ModelInfo by log_detector
     return register_version(info.model_uri, name, run_id=info.run_id, model_id=getattr(info, "model_id", None),
-                            tags={MODEL_SHA256_TAG: info.danvae_model_sha256}, alias=alias, wait_s=wait_s)
+                            tags={MODEL_SHA256_TAG: sha256}, alias=alias, wait_s=wait_s)
 
 
 def _link_logged_model(client, model_id: str, name: str, version: str) -> None:

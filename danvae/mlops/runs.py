@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric
 
 from danvae.mlops.flatten import flatten_metrics, flatten_params
@@ -32,6 +33,7 @@ from danvae.process import pid_alive
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class TrainingRun:
         self.generated = tuple(generated)  # files the pipeline writes: their changes do not make the code dirty
         self.run_id: str | None = None
         self.experiment_id: str | None = None
-        self.model_info = None  # set by danvae.mlops.packaging.log_run_model
+        self.model_info: ModelInfo | None = None  # set by danvae.mlops.packaging.log_run_model
         self._logged: set[tuple[str, int]] = set()
         self._pending: tuple[int, dict] | None = None
 
@@ -187,7 +189,7 @@ class TrainingRun:
         self._require_run()
         with warnings.catch_warnings():  # MLflow's hints on how it reads a local path and integer columns
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
+            dataset = from_pandas(table, source=source, name=name, digest=digest)
         mlflow.log_input(dataset, context=context)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
@@ -241,7 +243,7 @@ class TrainingRun:
         info = self.model_info
         return {
             "run_id": self.run_id, "experiment_id": self.experiment_id, "experiment": self.experiment,
-            "tracking_uri": redact_uri(self.tracking_uri),
+            "tracking_uri": redact_uri(self.tracking_uri or ""),
             "model_uri": info.model_uri if info else None,
             "model_id": getattr(info, "model_id", None) if info else None,
             "data_version": self.data_version,
@@ -278,11 +280,11 @@ def _log_batch(client: MlflowClient, run_id: str, flat: Mapping[str, float], ste
 
 
 def _log_paths(client: MlflowClient, run_id: str, paths: Iterable[str | Path], artifact_path: str | None) -> None:
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.exists()]
     if missing:
         raise FileNotFoundError(f"cannot log missing artifact(s): {', '.join(missing)}")
-    for p in paths:
+    for p in files:
         if p.is_dir():
             sub = f"{artifact_path}/{p.name}" if artifact_path else p.name
             client.log_artifacts(run_id, str(p), artifact_path=sub)
@@ -302,8 +304,8 @@ def log_to_run(run_id: str, metrics: Mapping[str, Any] | None = None, artifacts:
     logged.
     """
     configure_tracking(tracking_uri)
-    artifacts = [Path(a) for a in artifacts]
-    missing = [str(a) for a in artifacts if not a.exists()]
+    files = [Path(a) for a in artifacts]
+    missing = [str(a) for a in files if not a.exists()]
     if missing:
         raise FileNotFoundError(f"cannot log missing artifact(s): {', '.join(missing)}")
     client = MlflowClient()
@@ -311,7 +313,7 @@ def log_to_run(run_id: str, metrics: Mapping[str, Any] | None = None, artifacts:
     try:
         if flat:
             _log_batch(client, run_id, flat, step or 0)
-        _log_paths(client, run_id, artifacts, artifact_path)
+        _log_paths(client, run_id, files, artifact_path)
     except tracking_failures() as exc:
         raise TrackingError(f"cannot log into MLflow run {run_id}: {failure_cause(exc)}") from exc
     return flat

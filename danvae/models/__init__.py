@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 from danvae.config import MODEL_SCORE_KINDS, SCORE_KINDS, ModelConfig
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.danvae import DAnVAE
@@ -18,9 +20,9 @@ __all__ = ["build_model", "AnomalyVAE", "Batch", "LossWeights", "DAnVAE", "VAE",
 
 
 def build_model(cfg: ModelConfig, channels: int, image_size: int) -> AnomalyVAE:
-    common = dict(channels=channels, image_size=image_size, anomaly_mean=cfg.anomaly_mean,
+    common: dict[str, Any] = dict(channels=channels, image_size=image_size, anomaly_mean=cfg.anomaly_mean,
                   smooth_kernel=cfg.smooth_kernel, likelihood=cfg.resolved_likelihood())
-    spatial = dict(top_k=cfg.top_k, head=cfg.head, head_noise=cfg.head_noise)
+    spatial: dict[str, Any] = dict(top_k=cfg.top_k, head=cfg.head, head_noise=cfg.head_noise)
     if cfg.name == "danvae":
         return SpatialDAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, adversary=cfg.adversary, **common, **spatial)
     if cfg.name in ("vae", "dpvae"):

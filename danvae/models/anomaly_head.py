@@ -12,6 +12,7 @@ head alone, and with Adam its scale against the VAE's loss does not matter.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class AnomalyHead(nn.Module):
         self.out = nn.Conv2d(2 * w, 1, 1)
         # Focal-loss practice (Lin et al. 2017): start at the rare-defect prior, not at 0.5,
         # so the first steps are not spent pushing every normal pixel down.
-        nn.init.constant_(self.out.bias, -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
+        nn.init.constant_(cast(torch.Tensor, self.out.bias), -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
 
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,6 +51,8 @@ class AnomalyHead(nn.Module):
         cue = (dissimilarity[:, None] - 1.0).clamp(-1.0, 4.0)
         parts = [x, x_hat, (x - x_hat).abs(), cue]
         if self.context:
+            if context is None:
+                raise ValueError(f"this head was built to see {self.context} per-image context value(s): pass context")
             parts.append(context.view(len(x), self.context, 1, 1).expand(-1, -1, *x.shape[-2:]).to(x.dtype))
         e1 = self.enc1(torch.cat(parts, dim=1))
         half = F.max_pool2d(e1, 2)

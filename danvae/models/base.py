@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from danvae.models import score_maps as S
+from danvae.models.anomaly_head import AnomalyHead
+from danvae.models.likelihood import GaussianLikelihood
 from danvae.models.self_similarity import self_dissimilarity_map
 
 
@@ -44,11 +46,11 @@ class AnomalyVAE(nn.Module):
     smooth_kernel: int = 5
 
     decoder: nn.Module
-    likelihood: nn.Module  # GaussianLikelihood: per-image loss and the scoring scale
+    likelihood: GaussianLikelihood  # per-image loss and the scoring scale
 
     def __init__(self):
         super().__init__()
-        self.head: nn.Module | None = None  # the anomaly head, trained on defect masks (spatial models)
+        self.head: AnomalyHead | None = None  # the anomaly head, trained on defect masks (spatial models)
 
     def loss(self, batch: Batch, weights: LossWeights) -> dict[str, torch.Tensor]:
         raise NotImplementedError

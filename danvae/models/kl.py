@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 
-def kl_to_isotropic(mu: torch.Tensor, logvar: torch.Tensor, mean: float = 0.0) -> torch.Tensor:
+def kl_to_isotropic(mu: torch.Tensor, logvar: torch.Tensor, mean: torch.Tensor | float = 0.0) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) ‖ N(mean·1, I)) = ½ Σ (σ² + (μ − m)² − 1 − log σ²)."""
     return 0.5 * (logvar.exp() + (mu - mean).pow(2) - 1.0 - logvar).sum(dim=-1)
 

@@ -22,6 +22,8 @@ MIN_VARIANCE = 1e-3  # σ ≥ 0.03 (≈ 8 grey levels, about sensor noise): keep
 
 
 class GaussianLikelihood(nn.Module):
+    variance: torch.Tensor  # a buffer: the running σ² of a pixel's error
+
     def __init__(self, kind: str = "sse", momentum: float = 0.1):
         super().__init__()
         if kind not in ("sse", "calibrated"):

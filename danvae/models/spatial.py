@@ -18,6 +18,8 @@ smoothed maximum is the ``head_max`` score.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,10 +56,10 @@ def dual_prior_means(batch: Batch, kl_normal: torch.Tensor, anomaly_mean: float,
     its ``top_k`` most deviant locations without one), 0 elsewhere and on normal images."""
     b, h, w = kl_normal.shape
     inside = torch.zeros(b, h, w, dtype=torch.bool, device=kl_normal.device)
-    if batch.mask is not None:
+    if batch.mask is not None and batch.has_mask is not None:  # the trainer sets both or neither
         cells = F.adaptive_max_pool2d(batch.mask.float()[:, None], (h, w))[:, 0] > 0
         inside |= cells & (batch.anomaly & batch.has_mask)[:, None, None]
-    unmasked = batch.anomaly & ~batch.has_mask if batch.mask is not None else batch.anomaly
+    unmasked = batch.anomaly & ~batch.has_mask if batch.has_mask is not None else batch.anomaly
     if unmasked.any():
         k = max(1, int(round(top_k * h * w)))
         top = kl_normal.detach().flatten(1).topk(k, dim=1).indices
@@ -81,7 +83,13 @@ class _SpatialBase(AnomalyVAE):
         self.likelihood = GaussianLikelihood(likelihood)
         self.head = AnomalyHead(channels, context=int(head_noise)) if head else None
 
-    # subclasses: encode(x) -> (mu_x, logvar_x, extra), decode_from(z_x, extra) -> x_hat
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(mean and log-variance of the ``z_x`` map, what ``decode_from`` needs besides ``z_x``)."""
+        raise NotImplementedError
+
+    def decode_from(self, mu_x: torch.Tensor, extra: Any) -> torch.Tensor:
+        raise NotImplementedError
+
     def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
                      ) -> torch.Tensor:
         level = S.image_brightness(x)
@@ -90,6 +98,8 @@ class _SpatialBase(AnomalyVAE):
         x_norm = S.normalise_brightness(x, level)
         # the noise of the normalised image (loud in dark images), centred near 0 for the first layer
         context = (S.noise_level(x_norm) / NOISE_SCALE - 1.0).clamp(-1.0, 4.0)[:, None] if self.head_noise else None
+        if self.head is None:
+            raise RuntimeError(f"{self.name} was built without an anomaly head (model.head: false)")
         return self.head(x_norm, S.normalise_brightness(x_hat.detach(), level), dissimilarity, context)
 
     def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
@@ -113,7 +123,7 @@ class _SpatialBase(AnomalyVAE):
         if self.head is None:
             return torch.zeros((), device=batch.x.device)
         logits = self._head_logits(batch.x, x_hat).float()
-        has_mask = batch.has_mask if batch.mask is not None else torch.zeros_like(batch.anomaly)
+        has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros_like(batch.anomaly)
         target = batch.mask.float() if batch.mask is not None else torch.zeros_like(logits)
         pixel = focal_loss(logits, target)
         known = has_mask | ~batch.anomaly
@@ -127,7 +137,7 @@ class _SpatialBase(AnomalyVAE):
     @torch.no_grad()
     def scores(self, x: torch.Tensor, y: torch.Tensor, dissimilarity: torch.Tensor | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        size = tuple(x.shape[-2:])
+        size = (x.shape[-2], x.shape[-1])
         mu, logvar, extra = self.encode(x)
         x_hat = self.decode_from(mu, extra).float()
         mu, logvar = mu.float(), logvar.float()
@@ -173,7 +183,7 @@ class _SpatialBase(AnomalyVAE):
         target = batch.target if batch.target is not None else batch.x
         recon_nll, precision = self.likelihood(target, x_hat)
         mu, logvar = mu.float(), logvar.float()
-        prior = 0.0
+        prior: torch.Tensor | float = 0.0
         if use_dual_prior and batch.anomaly.any():
             prior = dual_prior_means(batch, kl_map(mu, logvar), self.anomaly_mean, self.top_k)
         kl_x = kl_map(mu, logvar, prior).flatten(1).sum(dim=1)

@@ -23,7 +23,7 @@ class BatchAugmenter:
 
     def defect_bank(self, data: TrainingData) -> DefectBank | None:
         """The labelled anomalies' masked defects, when the configuration transplants them."""
-        if not self.has_head or data.has_mask is None or self.cfg.synthetic.transplant == 0:
+        if not self.has_head or data.has_mask is None or data.masks is None or self.cfg.synthetic.transplant == 0:
             return None
         known = torch.nonzero(data.has_mask).flatten()
         bank = DefectBank.from_anomalies(data.images[known].float().div(255.0), data.masks[known])
@@ -32,8 +32,13 @@ class BatchAugmenter:
     def crops(self, side: int) -> bool:
         return self.has_head and self.cfg.crop is not None and self.cfg.crop < side
 
+    def _crop_side(self) -> int:
+        if self.cfg.crop is None:
+            raise RuntimeError("train.crop is not set: there is nothing to crop to")
+        return self.cfg.crop
+
     def crop(self, batch: Batch, top: list[int], left: list[int]) -> Batch:
-        c = self.cfg.crop
+        c = self._crop_side()
         batch.x = torch.stack([batch.x[i, :, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
         if batch.mask is not None:
             batch.mask = torch.stack([batch.mask[i, t:t + c, u:u + c] for i, (t, u) in enumerate(zip(top, left))])
@@ -43,7 +48,9 @@ class BatchAugmenter:
 
     def crop_around_defects(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Crops of labelled anomalies that keep the defect's centre well inside."""
-        c, side = self.cfg.crop, batch.x.shape[-1]
+        if batch.mask is None:
+            raise ValueError("crops around defects need the batch's defect masks")
+        c, side = self._crop_side(), batch.x.shape[-1]
         jitter = torch.randint(-(c // 4), c // 4 + 1, (len(batch.x), 2), generator=gen)
         top, left = [], []
         for i, m in enumerate(batch.mask):
@@ -75,8 +82,9 @@ class BatchAugmenter:
         cfg = self.cfg
         n, side = len(batch.x), batch.x.shape[-1]
         if self.crops(side):
-            top = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
-            left = torch.randint(side - cfg.crop + 1, (n,), generator=gen).tolist()
+            c = self._crop_side()
+            top = torch.randint(side - c + 1, (n,), generator=gen).tolist()
+            left = torch.randint(side - c + 1, (n,), generator=gen).tolist()
             batch = self.crop(batch, top, left)
         batch = self.relight_some(batch, gen, cfg.lighting.share)
         x = clean = batch.x

@@ -109,7 +109,7 @@ class Trainer:
         x = data.images[idx].to(dev, non_blocking=True).float().div_(255.0)
         batch = Batch(x=x, y=data.y[idx].to(dev), y_known=data.y_known[idx].to(dev), anomaly=data.anomaly[idx].to(dev))
         if self.model.head is not None:
-            if data.masks is not None:
+            if data.masks is not None and data.has_mask is not None:  # from_arrays sets both or neither
                 batch.mask, batch.has_mask = data.masks[idx].to(dev), data.has_mask[idx].to(dev)
             else:
                 batch.mask = torch.zeros(len(idx), *x.shape[-2:], dtype=torch.bool, device=dev)
@@ -155,11 +155,12 @@ class Trainer:
         if epoch >= cfg.warmup_epochs and self.model.uses_anomalies and len(anomalies):
             # Anomalies with a known mask train on crops around their defect; the others whole.
             crop = self.augmenter.crops(data.images.shape[-1]) and data.has_mask is not None
-            masked = data.has_mask[anomalies] if crop else torch.zeros(len(anomalies), dtype=torch.bool)
+            masked = (data.has_mask[anomalies] if crop and data.has_mask is not None
+                      else torch.zeros(len(anomalies), dtype=torch.bool))
             with frozen(self.model.decoder):
                 for _ in range(cfg.anomaly_repeats):
-                    for group, around in ((anomalies[masked], True), (anomalies[~masked], False)):
-                        order = group[torch.randperm(len(group), generator=order_gen)]
+                    for members, around in ((anomalies[masked], True), (anomalies[~masked], False)):
+                        order = members[torch.randperm(len(members), generator=order_gen)]
                         for idx in self._local_batches(order):
                             batch = self._batch(data, idx)
                             batch = self.augmenter.crop_around_defects(batch, gen) if around else batch
@@ -260,7 +261,7 @@ class Trainer:
 
     def save_checkpoint(self, epoch: int) -> None:
         path = self.checkpoint_path
-        if path is None:
+        if path is None or self.run_dir is None:
             return
         state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "history": self.history, "config": self.cfg.model_dump()}

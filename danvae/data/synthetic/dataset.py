@@ -54,7 +54,8 @@ def generate_surfaces(
 
     out = Path(out_dir)
     rows = []
-    jobs = [("normal", i, mats[i % len(mats)], None, dark_share) for i in range(n_normal)]
+    jobs: list[tuple[str, int, str, str | None, float]] = [
+        ("normal", i, mats[i % len(mats)], None, dark_share) for i in range(n_normal)]
     jobs += [
         ("anomaly", i, mats[(i // len(DEFECTS)) % len(mats)], DEFECTS[i % len(DEFECTS)], anomaly_dark_share)
         for i in range(n_anomaly)

@@ -94,8 +94,8 @@ def _pit(rng: np.random.Generator, size: int, d: Difficulty):
 def _crack(rng: np.random.Generator, size: int, d: Difficulty):
     def walk(start: np.ndarray, heading: float, steps: int) -> np.ndarray:
         turns = np.cumsum(rng.normal(0, 0.35, steps)) * 0.6 + rng.normal(0, 0.5, steps)
-        heading = heading + turns
-        steps_yx = np.stack([np.sin(heading), np.cos(heading)], 1) * rng.uniform(0.8, 1.3, (steps, 1))
+        headings = heading + turns
+        steps_yx = np.stack([np.sin(headings), np.cos(headings)], 1) * rng.uniform(0.8, 1.3, (steps, 1))
         return start + np.concatenate([[np.zeros(2)], np.cumsum(steps_yx, 0)])
 
     n = int(max(12, rng.uniform(4.0, 6.0) * d.scale * size))

@@ -45,7 +45,7 @@ def build_data_docs(gx_result: Any, root: str | Path) -> Path:
         url = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE)[0]["site_url"]
     except (OSError, KeyError, ValueError, gx.exceptions.GreatExpectationsError) as exc:
         raise DataDocsError(f"could not write Data Docs under {root / CONTEXT_DIR}: {exc}") from exc
-    page = Path(url.removeprefix("file://"))
+    page = Path(str(url).removeprefix("file://"))
     if not page.is_file():
         raise DataDocsError(f"GX reported {url} but wrote no such page")
     return page

@@ -84,7 +84,7 @@ class ValidationReport:
                 + (f"; {self.drift.message}" if self.drift is not None else "")
             )
         parts = [describe_failure(c) for c in failed]
-        if drift_failed:
+        if drift_failed and self.drift is not None:
             parts.append(self.drift.message)
         n = len(parts)
         head = (

@@ -35,7 +35,7 @@ def validate_manifest(
 
     gx_result = gx_runner().run(df, present, image_size)
     checks = [check_from_gx(res, df) for res in gx_result.results]
-    checks.sort(key=lambda c: (not c.critical, CATEGORY_ORDER.get(c.details.get("category"), 99)))
+    checks.sort(key=lambda c: (not c.critical, CATEGORY_ORDER.get(str(c.details.get("category")), 99)))
     checks.extend(count_checks(df, cfg, data))
     drift = brightness_drift(df, cfg)
 
