@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -268,20 +267,3 @@ def pixel_auroc(heatmaps: np.ndarray, masks: np.ndarray) -> float | None:
     if heatmaps.shape != masks.shape:
         raise EvaluationError(f"heatmaps {heatmaps.shape} and masks {masks.shape} differ in shape")
     return _auroc(masks.ravel(), heatmaps.ravel().astype(np.float64))
-
-
-def mask_path(image_path: str | Path) -> Path:
-    """Where the synthetic generator keeps the mask of ``<root>/anomaly/<defect>/<stem>.png``:
-    ``<root>/masks/<defect>/<stem>.png``."""
-    p = Path(image_path)
-    return p.parents[2] / "masks" / p.parent.name / p.name
-
-
-def load_masks(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, int]:
-    """Masks for the images at ``paths`` resized to ``size``, and how many were found;
-    images without a mask file (normals, real data without masks) get an empty mask."""
-    found: list[np.ndarray | None] = []
-    for p in paths:
-        m = mask_path(p) if len(Path(p).parts) >= 3 else None
-        found.append(np.asarray(Image.open(m).convert("L")) if m is not None and m.is_file() else None)
-    return resize_masks(found, size), sum(m is not None for m in found)
