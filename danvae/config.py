@@ -43,6 +43,10 @@ class ModelConfig(_Strict):
         False, description="spatial models: the head also sees the noise level of the brightness-normalised image "
                            "(Immerkær), so it can learn how far a dark, noisy surface strays"
     )
+    head_resolution: Literal["half", "full"] = Field(
+        "half", description="spatial models: the head predicts at half resolution (upsampled) or, with one more "
+                            "decoder stage on the full-resolution features, at full resolution"
+    )
     adversary: float = Field(
         5.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
     )

@@ -29,10 +29,11 @@ def _conv(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class AnomalyHead(nn.Module):
-    """A small U-Net on [x, x̂, |x − x̂|, self-dissimilarity] → one logit per pixel. It predicts at half
-    resolution (upsampled): a defect of a few pixels still spans several cells, at half the cost."""
+    """A small U-Net on [x, x̂, |x − x̂|, self-dissimilarity] → one logit per pixel. By default it predicts at
+    half resolution (upsampled): a defect of a few pixels still spans several cells, at half the cost.
+    ``full_resolution`` adds a last decoder stage that joins the full-resolution features."""
 
-    def __init__(self, channels: int, width: int = 24, context: int = 0):
+    def __init__(self, channels: int, width: int = 24, context: int = 0, full_resolution: bool = False):
         super().__init__()
         w = width
         self.context = context  # per-image numbers shown to the head as constant maps (e.g. the noise level)
@@ -40,7 +41,8 @@ class AnomalyHead(nn.Module):
         self.enc2 = nn.Sequential(_conv(w, 2 * w), _conv(2 * w, 2 * w))
         self.enc3 = nn.Sequential(_conv(2 * w, 2 * w), _conv(2 * w, 2 * w))
         self.dec2 = _conv(4 * w + w, 2 * w)
-        self.out = nn.Conv2d(2 * w, 1, 1)
+        self.dec1 = _conv(2 * w + w, w) if full_resolution else None
+        self.out = nn.Conv2d(w if full_resolution else 2 * w, 1, 1)
         # Focal-loss practice (Lin et al. 2017): start at the rare-defect prior, not at 0.5,
         # so the first steps are not spent pushing every normal pixel down.
         nn.init.constant_(cast(torch.Tensor, self.out.bias), -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
@@ -59,6 +61,9 @@ class AnomalyHead(nn.Module):
         e2 = self.enc2(half)
         e3 = self.enc3(F.max_pool2d(e2, 2))
         d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0, mode="nearest"), e2, half], dim=1))
+        if self.dec1 is not None:
+            d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], dim=1))
+            return self.out(d1)[:, 0]
         return F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 

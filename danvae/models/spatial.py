@@ -74,14 +74,16 @@ class _SpatialBase(AnomalyVAE):
     spatial = True
 
     def _init_common(self, channels: int, anomaly_mean: float, smooth_kernel: int, likelihood: str,
-                     top_k: float, head: bool, head_tta: bool = True, head_noise: bool = False) -> None:
+                     top_k: float, head: bool, head_tta: bool = True, head_noise: bool = False,
+                     head_resolution: str = "half") -> None:
         self.head_tta = head_tta
         self.head_noise = head_noise
         self.anomaly_mean = anomaly_mean
         self.smooth_kernel = smooth_kernel
         self.top_k = top_k
         self.likelihood = GaussianLikelihood(likelihood)
-        self.head = AnomalyHead(channels, context=int(head_noise)) if head else None
+        self.head = (AnomalyHead(channels, context=int(head_noise), full_resolution=head_resolution == "full")
+                     if head else None)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """(mean and log-variance of the ``z_x`` map, what ``decode_from`` needs besides ``z_x``)."""
@@ -197,11 +199,12 @@ class SpatialDAnVAE(_SpatialBase):
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
                  likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 5.0,
-                 head_noise: bool = False):
+                 head_noise: bool = False, head_resolution: str = "half"):
         super().__init__()
         n_downsamples(image_size)  # refuses unsupported sizes
         self.zx_dim, self.zy_dim = zx_dim, zy_dim
-        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise)
+        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise,
+                          head_resolution=head_resolution)
         self.encoder_x = MapEncoder(channels, zx_dim)
         self.encoder_y = GlobalEncoder(channels, zy_dim)
         self.decoder = FiLMDecoder(channels, zx_dim, cond_dim=zy_dim)
@@ -271,13 +274,14 @@ class SpatialVAE(_SpatialBase):
 
     def __init__(self, channels: int, image_size: int, latent_dim: int = 8, dual_prior: bool = False,
                  anomaly_mean: float = 10.0, smooth_kernel: int = 5, likelihood: str = "calibrated",
-                 top_k: float = 0.05, head: bool = True, head_noise: bool = False):
+                 top_k: float = 0.05, head: bool = True, head_noise: bool = False, head_resolution: str = "half"):
         super().__init__()
         n_downsamples(image_size)
         self.name = "dpvae" if dual_prior else "vae"
         self.uses_anomalies = dual_prior
         self.latent_dim = latent_dim
-        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise)
+        self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise,
+                          head_resolution=head_resolution)
         self.encoder = MapEncoder(channels, latent_dim)
         self.decoder = FiLMDecoder(channels, latent_dim)
 
