@@ -206,3 +206,26 @@ def test_the_head_sees_the_noise_level_when_asked():
         aware.head.enc1[0].weight[:, -1].fill_(5.0)  # the same images, the channel wired
         seeing = aware.scores(x, y)[0]["head_max"]
     assert torch.isfinite(seeing).all() and not torch.allclose(blind, seeing)
+
+
+def test_a_full_resolution_head_resolves_single_pixel_detail():
+    """Stripes one pixel wide: the half-resolution head (an upsampled 16×16 map at 32 px) cannot
+    draw them; the full-resolution head learns them."""
+    from danvae.models.anomaly_head import AnomalyHead, focal_loss
+
+    torch.manual_seed(0)
+    x, x_hat, dissimilarity = torch.rand(4, 3, SIZE, SIZE), torch.rand(4, 3, SIZE, SIZE), torch.ones(4, SIZE, SIZE)
+    target = torch.zeros(4, SIZE, SIZE)
+    target[:, :, ::2] = 1.0
+    accuracy = {}
+    for full in (False, True):
+        head = AnomalyHead(3, width=8, full_resolution=full)
+        opt = torch.optim.Adam(head.parameters(), lr=0.01)
+        for _ in range(150):
+            loss = focal_loss(head(x, x_hat, dissimilarity), target).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            accuracy[full] = float(((head(x, x_hat, dissimilarity) > 0) == (target > 0.5)).float().mean())
+    assert accuracy[True] > 0.95 and accuracy[False] < 0.8, accuracy
