@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 from danvae.config import Params
-from danvae.data.validation.data_docs import DataDocsError, build_data_docs
 from danvae.data.manifest import load_manifest
 from danvae.data.validation import validate_manifest
+from danvae.data.validation.data_docs import DataDocsError, build_data_docs
 from pipelines.paths import DATA, VALIDATION_REPORT
 from pipelines.stages.common import run_stage, write_json
 
