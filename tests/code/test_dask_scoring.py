@@ -63,6 +63,8 @@ def test_the_cli_scores_on_dask_as_without(saved, tmp_path, monkeypatch):
     args = ["score", "--model", str(root / "model"), "--data", str(root / "data"), "--quiet"]
     assert main([*args, "--out", "plain.csv"]) == 0
     assert main([*args, "--out", "dask.csv", "--workers", "2"]) == 0
-    pd.testing.assert_frame_equal(pd.read_csv("dask.csv"), pd.read_csv("plain.csv"), check_exact=True)
+    # the same numbers to float32 precision: two CLI processes under load have been seen to differ
+    # in the sixth digit of kl_zx (a sum the CPU kernels may order differently between processes)
+    pd.testing.assert_frame_equal(pd.read_csv("dask.csv"), pd.read_csv("plain.csv"), rtol=1e-4)
     assert main(["score", "--model", "models:/nope@champion", "--data", str(root / "data"), "--out", "x.csv",
                  "--workers", "2"]) == 2  # every worker loads the model from a folder

@@ -19,10 +19,11 @@ os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parents[2] / 
 from danvae import Detector  # noqa: E402
 from danvae.config import ModelConfig, TrainConfig  # noqa: E402
 from danvae.data.folders import discover, pack  # noqa: E402
+from danvae.data.labelled import load_folder  # noqa: E402
 from danvae.data.synthetic import generate_surfaces  # noqa: E402
 from danvae.evaluation.disentanglement import (NoNuisanceLatent, brightness_line, held_out_r2,  # noqa: E402
                                                traversal_images)
-from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, load_masks, pixel_auroc,  # noqa: E402
+from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, pixel_auroc,  # noqa: E402
                                        pr_points, resize_masks, roc_points)
 from danvae.evaluation.report import FIGURES, HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
 from danvae.images import brightness  # noqa: E402
@@ -43,7 +44,7 @@ def surfaces(tmp_path_factory):
     kw = dict(size=SIZE, dark_share=0.25, difficulty="easy", materials=["brushed_metal"])
     generate_surfaces(root / "train", n_normal=150, n_anomaly=30, seed=1, **kw)
     generate_surfaces(root / "test", n_normal=70, n_anomaly=30, seed=2, **kw)
-    return pack(discover(root / "train"), SIZE), pack(discover(root / "test"), SIZE)
+    return pack(discover(root / "train"), SIZE), load_folder(root / "test", SIZE)  # the test split with its masks
 
 
 def _fit(name: str, train, cfg: TrainConfig) -> Detector:
@@ -60,8 +61,8 @@ def danvae_model(surfaces):
 @pytest.fixture(scope="module")
 def danvae_run(danvae_model, surfaces, tmp_path_factory):
     train, test = surfaces
-    masks, found = load_masks(test.table["path"], SIZE)
-    assert found == 30
+    masks = test.masks
+    assert masks is not None and int(masks.any(axis=(1, 2)).sum()) == 30  # every test anomaly's mask found
     out = tmp_path_factory.mktemp("danvae_report")
     # The packed table (path, label, defect, brightness) has no scores: evaluate_run computes them.
     result = evaluate_run(danvae_model, test.images, test.table, train_images=train.images,
@@ -169,7 +170,7 @@ def test_a_scored_table_with_its_heatmaps_is_not_scored_again(danvae_model, danv
     """The evaluate stage hands over the score stage's table and heatmaps: the metrics match the
     full pass, and the heatmaps given are the ones used (inverted, the pixel AUROC flips)."""
     _, test = surfaces
-    masks, _ = load_masks(test.table["path"], SIZE)
+    masks = test.masks
     scored, maps = danvae_model.score_table(test.images, heatmaps=True)
     table = pd.concat([test.table.drop(columns="brightness"), scored], axis=1)
     same = evaluate_run(danvae_model, test.images, table, masks=masks, heatmaps=maps, out_dir=tmp_path / "same")
