@@ -130,8 +130,8 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(tiny_repo):
         assert {n: (tiny_repo.path / "models" / n).read_text() for n in records} == records
 
 
-def test_changing_a_data_source_reruns_everything(tiny_repo):
-    tiny_repo.dvc("repro")
+def test_a_changed_source_reruns_everything_and_a_dark_batch_fails_validation(tiny_repo):
+    tiny_repo.dvc("repro")  # one full run shared by the checks below (each used to start its own)
     # a change to the image decoding (not a DVC param) makes every stage that decodes images stale
     images_py = tiny_repo.path / "danvae" / "images.py"
     code = images_py.read_text()
@@ -144,9 +144,6 @@ def test_changing_a_data_source_reruns_everything(tiny_repo):
                                                 "n_anomaly": 36, "size": 32, "difficulty": "easy", "seed": 0}]}})
     assert ran(tiny_repo.dvc("repro").stdout) == set(STAGES)
 
-
-def test_a_dark_batch_in_incoming_fails_validation_with_the_reason(tiny_repo):
-    tiny_repo.dvc("repro")
     rng = np.random.default_rng(0)
     incoming = tiny_repo.path / "data/incoming"
     for i in range(40):  # a camera whose lights failed: every new image nearly black
