@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,8 +25,9 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric
 
 from danvae.mlops.flatten import flatten_metrics, flatten_params
+from danvae.mlops.provenance import git_commit, git_dirty
 from danvae.mlops.tracking import (DEFAULT_EXPERIMENT, TrackingError, configure_tracking, failure_cause,
-                                   get_or_create_experiment, project_root, redact_uri, tracking_failures)
+                                   get_or_create_experiment, redact_uri, tracking_failures)
 from danvae.process import pid_alive
 
 if TYPE_CHECKING:
@@ -39,30 +38,6 @@ log = logging.getLogger(__name__)
 
 _BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 OWNER_HOST_TAG, OWNER_PID_TAG = "danvae.host", "danvae.pid"
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the project (None outside a repository or without git)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or project_root(), capture_output=True,
-                              text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = done.stdout.strip()
-    return sha if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
-
-
-def git_dirty(cwd: str | Path | None = None, ignore: Iterable[str] = ()) -> bool | None:
-    """True when tracked files differ from HEAD (None when git cannot tell). ``ignore``: paths
-    (files or folders, relative to the repository root) whose changes do not count, such as
-    what a pipeline writes before its train stage runs."""
-    excluded = [f":(top,exclude){p}" for p in ignore]
-    try:
-        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded],
-                              cwd=cwd or project_root(), capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
 
 
 # ---- a training run -----------------------------------------------------------------------

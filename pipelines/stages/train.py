@@ -17,7 +17,8 @@ from danvae.detector import Detector
 from danvae.distributed import launch, requested_world
 from danvae.mlops.packaging import log_run_model
 from danvae.mlops.registry import MODEL_SHA256_TAG, register_version
-from danvae.mlops.runs import TrainingRun, git_commit
+from danvae.mlops.provenance import git_commit
+from danvae.mlops.runs import TrainingRun
 from danvae.mlops.tracking import configure_tracking, portable_uri
 from pipelines.paths import DATA, RUN_FILE
 from pipelines.stages.common import pipeline_outputs, run_stage, write_json

@@ -64,7 +64,8 @@ def serving(champion, mlflow_server, tmp_path_factory):
 def test_train_run_is_tracked_on_the_server(trained, mlflow_server):
     from mlflow import MlflowClient
 
-    from danvae.mlops.runs import git_commit, metric_history
+    from danvae.mlops.provenance import git_commit
+    from danvae.mlops.runs import metric_history
 
     run = MlflowClient().get_run(trained.run_id)
     assert run.info.status == "FINISHED"
