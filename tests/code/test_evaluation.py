@@ -25,7 +25,8 @@ from danvae.evaluation.disentanglement import (NoNuisanceLatent, brightness_line
                                                traversal_images)
 from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, pixel_auroc,  # noqa: E402
                                        pr_points, resize_masks, roc_points)
-from danvae.evaluation.report import FIGURES, HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
+from danvae.evaluation.markdown import FIGURES  # noqa: E402
+from danvae.evaluation.report import HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
 from danvae.images import brightness  # noqa: E402
 
 SIZE = 32
