@@ -199,9 +199,12 @@ class SplitShares(_Strict):
         return self
 
 
+def _default_sources() -> list[SyntheticSource | FolderSource]:
+    return [SyntheticSource()]
+
+
 class DataConfig(_Strict):
-    sources: list[SyntheticSource | FolderSource] = Field(
-        default_factory=lambda: list[SyntheticSource | FolderSource]([SyntheticSource()]))
+    sources: list[SyntheticSource | FolderSource] = Field(default_factory=_default_sources)
     incoming: str = "data/incoming"
     image_size: Literal[32, 64, 128, 256] = 64  # the sizes the networks are built for
     channels: Literal[1, 3] = 3

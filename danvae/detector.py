@@ -119,7 +119,7 @@ class Detector:
         val_y = self._y(val_images, val_nuisance)
 
         track = ValidationAUROC(self.model, val_images, val_labels, val_y, self.train_config,
-                                  self.score_config.batch_size, then=on_epoch_end)
+                                self.score_config.batch_size, then=on_epoch_end)
         trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track)
         self.history = trainer.fit(data)
         self.best_epoch = trainer.best_epoch

@@ -27,6 +27,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from danvae.files import atomic_write
 from pipelines import PROJECT_ROOT
 from pipelines.env import PREFECT_STARTUP, tool_env
 
@@ -233,11 +234,8 @@ def start(project: Path, port: int = DEFAULT_PORT, gpu_worker: bool = True, ui: 
 
 
 def _write_state(project: Path, state: dict) -> None:
-    path = project / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(state, indent=2) + "\n"
+    atomic_write(project / STATE_FILE, lambda tmp: tmp.write_text(text))
 
 
 def stop(project: Path) -> list[str]:

@@ -34,12 +34,13 @@ import pandas as pd
 from danvae.config import SplitShares
 from danvae.data.folders import scan
 from danvae.data.manifest import (DUPLICATE_COLUMNS, DUPLICATES, IMAGES, MANIFEST, MANIFEST_COLUMNS,
-                                  QUARANTINE, QUARANTINE_COLUMNS, STORE, append_csv, atomic_write, empty_table,
+                                  QUARANTINE, QUARANTINE_COLUMNS, STORE, append_csv, empty_table,
                                   existing_images, load_manifest, typed, write_images)
 from danvae.data.masks import find_masks
 from danvae.data.nuisance import INFO_COLUMN
 from danvae.data.splits import split_of_many
 from danvae.data.store import FileRead, read_files, remove_stale_temp_files, repack
+from danvae.files import atomic_write
 from danvae.images import brightness
 
 log = logging.getLogger(__name__)

@@ -16,16 +16,13 @@ Layout under ``out_dir``:
   the same path and reason is recorded once);
 - ``duplicates.csv``: path, id, duplicate_of, note, batch, seen_at.
 
-Every file here is replaced atomically (:func:`atomic_write`: a temp file named after the
-writer's pid, then ``os.replace``), so a crash leaves the previous version usable.
+Every file here is replaced atomically (:func:`danvae.files.atomic_write`: a temp file named
+after the writer's pid, then ``os.replace``), so a crash leaves the previous version usable.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +31,7 @@ import pandas as pd
 
 from danvae.data.folders import DataError
 from danvae.data.nuisance import INFO_COLUMN
+from danvae.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +58,6 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     for c in MANIFEST_COLUMNS:
         df[c] = df[c].astype(MANIFEST_DTYPES.get(c, str))
     return df.reset_index(drop=True)
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; once per process
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the data set is shared like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_manifest(out_dir: str | Path) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from danvae.config import FolderSource, SyntheticSource
 from danvae.data.folders import DataError
-from danvae.data.manifest import atomic_write
+from danvae.files import atomic_write
 
 log = logging.getLogger(__name__)
 

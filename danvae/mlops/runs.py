@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric
 
+from danvae.files import atomic_write
 from danvae.mlops.flatten import flatten_metrics, flatten_params
 from danvae.mlops.provenance import git_commit, git_dirty
 from danvae.mlops.tracking import (DEFAULT_EXPERIMENT, TrackingError, configure_tracking, failure_cause,
@@ -227,10 +228,8 @@ class TrainingRun:
     def write_run_json(self, path: str | Path) -> Path:
         """Write :meth:`summary` as JSON (the train stage's ``models/run.json``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.summary(), indent=2) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(self.summary(), indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         return path
 
 

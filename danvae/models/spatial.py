@@ -85,11 +85,14 @@ class _SpatialBase(AnomalyVAE):
         self.head = (AnomalyHead(channels, context=int(head_noise), full_resolution=head_resolution == "full")
                      if head else None)
 
+    # The interface each spatial model implements (SpatialDAnVAE, SpatialVAE), declared so the
+    # shared scoring and loss code below is typed; the base class itself is never built.
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """(mean and log-variance of the ``z_x`` map, what ``decode_from`` needs besides ``z_x``)."""
         raise NotImplementedError
 
     def decode_from(self, mu_x: torch.Tensor, extra: Any) -> torch.Tensor:
+        """The reconstruction from a ``z_x`` map and what ``encode`` returned beside it."""
         raise NotImplementedError
 
     def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None

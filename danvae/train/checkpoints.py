@@ -1,19 +1,8 @@
-"""Checkpoint files: written atomically, and refused unless they fit the model exactly."""
+"""A checkpoint is refused unless it fits the model exactly (it is written with
+:func:`danvae.files.atomic_write`)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import torch
 from torch import nn
-
-
-def save_atomically(state: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file: an interruption never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def check_fits(state: dict, model: nn.Module) -> None:

@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from danvae.config import TrainConfig
 from danvae.distributed import barrier, join, sum_over_ranks
+from danvae.files import atomic_write
 from danvae.model_file import CorruptModelFileError, UnsafeModelFileError, load_weights
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.train.augmentation import BatchAugmenter
-from danvae.train.checkpoints import check_fits, save_atomically
+from danvae.train.checkpoints import check_fits
 from danvae.train.data import TrainingData
 from danvae.train.schedule import learning_rate, loss_weights, selection_start
 
@@ -245,7 +246,7 @@ class Trainer:
         if path is None:
             self._best = state
             return
-        save_atomically(state, path)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def _best_record(self) -> dict | None:
         if self.best_path is None:
@@ -267,7 +268,7 @@ class Trainer:
                  "history": self.history, "config": self.cfg.model_dump()}
         if self._ema is not None:
             state["ema"] = self._ema.state_dict()
-        save_atomically(state, path)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
 
     def load_checkpoint(self) -> bool:

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.dvc_runner import StageFailed, ValidationStageFailed
-from pipelines.dvc_runner import stage_failure as _failure
+from pipelines.dvc_runner import StageFailed, ValidationStageFailed, stage_failure
 from pipelines.flows import LOCK_FILE, _transient, find_new_images, retrain
 from tests.orchestration.conftest import add_incoming, new_repo
 
@@ -17,14 +16,14 @@ from tests.orchestration.conftest import add_incoming, new_repo
 def test_a_failed_validation_is_final_and_a_lock_clash_is_transient():
     from prefect.states import Failed
 
-    val = _failure("validate", ["Running stage 'validate':", "validate: FAILED: brightness drift (KS p=1e-9)"], 1)
+    val = stage_failure("validate", ["Running stage 'validate':", "validate: FAILED: brightness drift (KS p=1e-9)"], 1)
     assert isinstance(val, ValidationStageFailed) and not val.retriable
     assert val.message == "validate: FAILED: brightness drift (KS p=1e-9)"
-    user = _failure("train", ["train: error: no normal images in the train split"], 1)
+    user = stage_failure("train", ["train: error: no normal images in the train split"], 1)
     assert type(user) is StageFailed and not user.retriable and "no normal images" in user.message
-    lock = _failure("train", ["ERROR: Unable to acquire lock. Most likely another DVC process is running"], 255)
+    lock = stage_failure("train", ["ERROR: Unable to acquire lock. Most likely another DVC process is running"], 255)
     assert lock.retriable and "Unable to acquire lock" in lock.message
-    killed = _failure("train", ["Running stage 'train':"], -9)
+    killed = stage_failure("train", ["Running stage 'train':"], -9)
     assert killed.retriable and "signal 9" in killed.message
     assert _transient(None, None, Failed(data=lock)) is True
     assert _transient(None, None, Failed(data=val)) is False
