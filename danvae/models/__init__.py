@@ -25,7 +25,8 @@ def build_model(cfg: ModelConfig, channels: int, image_size: int) -> AnomalyVAE:
     spatial: dict[str, Any] = dict(top_k=cfg.top_k, head=cfg.head, head_noise=cfg.head_noise,
                                    head_resolution=cfg.head_resolution)
     if cfg.name == "danvae":
-        return SpatialDAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, adversary=cfg.adversary, **common, **spatial)
+        return SpatialDAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, adversary=cfg.adversary,
+                             decorrelation=cfg.decorrelation, **common, **spatial)
     if cfg.name in ("vae", "dpvae"):
         return SpatialVAE(latent_dim=cfg.zx_dim, dual_prior=cfg.name == "dpvae", **common, **spatial)
     if cfg.name == "danvae-global":

@@ -28,22 +28,13 @@ from danvae.models import score_maps as S
 from danvae.models.anomaly_head import AnomalyHead, focal_loss, top_k_mean
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize
+from danvae.models.brightness_leak import linear_leak, reverse_gradient
 from danvae.models.kl import kl_between
 from danvae.models.likelihood import GaussianLikelihood
 from danvae.models.self_similarity import self_dissimilarity_map
 from danvae.models.spatial_blocks import FiLMDecoder, GlobalEncoder, MapEncoder
 
 NOISE_SCALE = 0.02  # noise σ of a typical brightness-normalised image (0.018; 0.028 in the darkest fifth, measured)
-
-
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        return -grad
 
 
 def kl_map(mu: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -202,7 +193,7 @@ class SpatialDAnVAE(_SpatialBase):
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
                  likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 5.0,
-                 head_noise: bool = False, head_resolution: str = "half"):
+                 decorrelation: float = 0.0, head_noise: bool = False, head_resolution: str = "half"):
         super().__init__()
         n_downsamples(image_size)  # refuses unsupported sizes
         self.zx_dim, self.zy_dim = zx_dim, zy_dim
@@ -217,6 +208,8 @@ class SpatialDAnVAE(_SpatialBase):
         # z_x is pushed to leave out whatever lighting the normalised input still shows (noise).
         self.adversary_weight = adversary
         self.adversary = nn.Sequential(nn.Linear(zx_dim, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+        # ... and, with no adversary to fool, the brightness variance it explains linearly
+        self.decorrelation_weight = decorrelation
 
     def conditional_prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.prior_y(y.view(-1, 1)).chunk(2, dim=-1)
@@ -260,15 +253,18 @@ class SpatialDAnVAE(_SpatialBase):
         aux = torch.where(batch.y_known, (batch.y - y_hat).pow(2), torch.zeros_like(y_hat)).sum() \
             / batch.y_known.sum().clamp(min=1)
         head = self.head_loss(batch, x_hat)
-        y_adv = self.adversary(_ReverseGradient.apply(mu_x.mean(dim=(2, 3)))).squeeze(1).float()
+        pooled = mu_x.mean(dim=(2, 3))
+        y_adv = self.adversary(reverse_gradient(pooled)).squeeze(1).float()
         adv = torch.where(batch.y_known, (batch.y - y_adv).pow(2), torch.zeros_like(y_adv)).sum() \
             / batch.y_known.sum().clamp(min=1)
+        leak = linear_leak(pooled, batch.y, batch.y_known & ~batch.anomaly)
         total = (recon_nll.mean() + weights.beta_x * kl_x.mean() + weights.beta_y * kl_y.mean()
-                 + weights.alpha * precision * (aux + self.adversary_weight * adv) + head)
+                 + weights.alpha * precision * (aux + self.adversary_weight * adv + self.decorrelation_weight * leak)
+                 + head)
         target = batch.target if batch.target is not None else batch.x
         recon = S.sse(target.float(), x_hat.detach().float()).mean()
         return {"total": total, "recon": recon, "kl_x": kl_x.mean(), "kl_y": kl_y.mean(), "aux": aux, "head": head,
-                "adversary": adv}
+                "adversary": adv, "leak": leak}
 
 
 class SpatialVAE(_SpatialBase):

@@ -26,7 +26,7 @@ from danvae.train.schedule import learning_rate, loss_weights, selection_start
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux", "head", "adversary")
+LOSS_TERMS = ("total", "recon", "kl_x", "kl_y", "aux", "head", "adversary", "leak")
 
 
 class TrainingDiverged(RuntimeError):
