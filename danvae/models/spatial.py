@@ -28,7 +28,7 @@ from danvae.models import score_maps as S
 from danvae.models.anomaly_head import AnomalyHead, focal_loss, top_k_mean
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize
-from danvae.models.brightness_leak import linear_leak, reverse_gradient
+from danvae.models.brightness_leak import LinearLeak, reverse_gradient
 from danvae.models.kl import kl_between
 from danvae.models.likelihood import GaussianLikelihood
 from danvae.models.self_similarity import self_dissimilarity_map
@@ -210,6 +210,7 @@ class SpatialDAnVAE(_SpatialBase):
         self.adversary = nn.Sequential(nn.Linear(zx_dim, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
         # ... and, with no adversary to fool, the brightness variance it explains linearly
         self.decorrelation_weight = decorrelation
+        self.linear_leak = LinearLeak(zx_dim) if decorrelation > 0 else None
 
     def conditional_prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.prior_y(y.view(-1, 1)).chunk(2, dim=-1)
@@ -257,7 +258,8 @@ class SpatialDAnVAE(_SpatialBase):
         y_adv = self.adversary(reverse_gradient(pooled)).squeeze(1).float()
         adv = torch.where(batch.y_known, (batch.y - y_adv).pow(2), torch.zeros_like(y_adv)).sum() \
             / batch.y_known.sum().clamp(min=1)
-        leak = linear_leak(pooled, batch.y, batch.y_known & ~batch.anomaly)
+        leak = (self.linear_leak(pooled, batch.y, batch.y_known & ~batch.anomaly) if self.linear_leak is not None
+                else torch.zeros((), device=adv.device))
         total = (recon_nll.mean() + weights.beta_x * kl_x.mean() + weights.beta_y * kl_y.mean()
                  + weights.alpha * precision * (aux + self.adversary_weight * adv + self.decorrelation_weight * leak)
                  + head)

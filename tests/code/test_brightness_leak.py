@@ -2,45 +2,67 @@
 from __future__ import annotations
 
 import torch
+from sklearn.linear_model import LinearRegression
 
 from danvae.config import ModelConfig
 from danvae.models import Batch, LossWeights, build_model
-from danvae.models.brightness_leak import linear_leak, reverse_gradient
+from danvae.models.brightness_leak import LinearLeak, reverse_gradient
 
 
-def test_the_leak_is_the_variance_a_channel_explains():
-    torch.manual_seed(0)
-    y = torch.rand(256)
-    keep = torch.ones(256, dtype=torch.bool)
-    copy = torch.stack([3 * y + 1, torch.randn(256)], dim=1)  # channel 0 carries y whole, channel 1 nothing
-    assert torch.isclose(linear_leak(copy, y, keep), y.var(unbiased=False), rtol=0.05)
-    unrelated = torch.randn(256, 2)
-    assert float(linear_leak(unrelated, y, keep)) < 0.05 * float(y.var())
+def _rows(n: int, seed: int, width: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, generator=gen), torch.randn(n, width, generator=gen)
 
 
-def test_the_leak_counts_only_kept_rows_and_needs_a_few():
-    y = torch.linspace(0, 1, 8)
-    features = torch.stack([y, y], dim=1)
-    keep = torch.tensor([True] * 4 + [False] * 4)
-    features_changed = features.clone()
-    features_changed[4:] = 100.0  # rows left out do not count
-    assert torch.isclose(linear_leak(features, y, keep), linear_leak(features_changed, y, keep))
-    assert float(linear_leak(features, y, torch.tensor([True] * 3 + [False] * 5))) == 0.0
+def test_the_leak_is_the_variance_a_linear_regression_explains():
+    probe = LinearLeak(3).eval()
+    y, noise = _rows(4096, 0)
+    keep = torch.ones(4096, dtype=torch.bool)
+    # no channel alone carries y, their difference carries it whole: the leak is all of var(y)
+    hidden = torch.stack([noise[:, 0] + y, noise[:, 0], noise[:, 1]], dim=1)
+    assert torch.isclose(probe(hidden, y, keep), y.var(unbiased=False), rtol=0.05)  # less its small ridge
+    assert float(probe(noise, y, keep)) < 0.01 * float(y.var())
 
 
-def test_descending_the_leak_decorrelates_the_features():
+def test_the_running_estimate_averages_batches_and_skips_rows_left_out():
+    probe = LinearLeak(3, decay=0.9).train()
+    for seed in range(60):  # 60 batches of 16: each alone is mostly noise, the average is not
+        y, noise = _rows(32, seed)
+        keep = torch.arange(32) < 16
+        features = torch.stack([noise[:, 0] + y, noise[:, 0], noise[:, 1]], dim=1)
+        features[16:] = 100.0  # rows not kept do not count
+        leak = probe(features, y, keep)
+    assert 0.6 * (1 / 12) < float(leak.detach()) < 1.4 * (1 / 12)  # var of U(0, 1)
+    before = probe.cross.clone()
+    probe(features, y, torch.arange(32) < 3)  # too few rows: the estimate stays
+    assert torch.equal(probe.cross, before)
+
+
+def test_descending_the_leak_takes_brightness_out_of_the_features():
+    # features: a trainable mix of brightness and three nuisance-free inputs, plus content the encoder cannot change
     torch.manual_seed(1)
-    y = torch.rand(64)
-    features = torch.nn.Parameter(torch.stack([y + 0.1 * torch.randn(64), torch.randn(64)], dim=1))
-    keep = torch.ones(64, dtype=torch.bool)
-    before = float(linear_leak(features, y, keep).detach())
-    opt = torch.optim.SGD([features], lr=5.0)
-    for _ in range(200):
+    encoder = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        encoder.weight[:, 0] = torch.tensor([3.0, 2.0, -2.0])
+
+    def features(y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return encoder(torch.cat([y[:, None], noise[:, :3]], dim=1)) + noise[:, 3:]
+
+    def held_out_r2() -> float:
+        y, noise = _rows(4096, 99, width=6)
+        z = features(y, noise).detach().numpy()
+        return float(LinearRegression().fit(z, y.numpy()).score(z, y.numpy()))
+
+    probe = LinearLeak(3).train()
+    opt = torch.optim.SGD(encoder.parameters(), lr=5.0)
+    before = held_out_r2()
+    for seed in range(200):
+        y, noise = _rows(16, seed, width=6)
         opt.zero_grad()
-        linear_leak(features, y, keep).backward()
+        probe(features(y, noise), y, torch.ones(16, dtype=torch.bool)).backward()
         opt.step()
-    assert before > 0.5 * float(y.var())
-    assert float(linear_leak(features, y, keep).detach()) < 0.01 * before
+    assert before > 0.5
+    assert held_out_r2() < 0.05
 
 
 def test_reverse_gradient_keeps_values_and_negates_gradients():
@@ -51,19 +73,20 @@ def test_reverse_gradient_keeps_values_and_negates_gradients():
     assert torch.equal(x.grad, torch.tensor([-3.0, -4.0]))
 
 
-def test_the_model_loss_reports_the_leak_and_its_weight_enters_the_total():
+def test_the_model_adds_the_leak_only_when_weighted():
     size = 32
     torch.manual_seed(0)
     x = torch.rand(8, 3, size, size) * torch.linspace(0.3, 1.0, 8).view(8, 1, 1, 1)
     batch = Batch(x, x.mean(dim=(1, 2, 3)), torch.ones(8, dtype=torch.bool), torch.zeros(8, dtype=torch.bool))
-    totals = {}
-    for weight in (0.0, 1000.0):
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(zx_dim=4, zy_dim=2, decorrelation=weight), 3, size)
+    off = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, size)
+    assert off.linear_leak is None and not any("linear_leak" in k for k in off.state_dict())  # older files load
+    on = build_model(ModelConfig(zx_dim=4, zy_dim=2, decorrelation=1000.0), 3, size)
+    on.load_state_dict(off.state_dict(), strict=False)
+    terms = {}
+    for name, model in (("off", off), ("on", on)):
         torch.manual_seed(1)
         with torch.no_grad():
-            terms = model.loss(batch, LossWeights(alpha=1.0))
-        totals[weight] = (terms["total"], terms["leak"])
-    (base, leak), (weighted, same_leak) = totals[0.0], totals[1000.0]
-    assert float(leak) > 0 and torch.isclose(leak, same_leak)
-    assert float(weighted) > float(base)
+            terms[name] = model.loss(batch, LossWeights(alpha=1.0))
+    assert float(terms["off"]["leak"]) == 0.0 and float(terms["on"]["leak"]) > 0
+    assert float(terms["on"]["total"]) > float(terms["off"]["total"])
+    assert "linear_leak.cross" in on.state_dict()  # saved, so a resumed run goes on exactly
