@@ -47,6 +47,8 @@ class ModelConfig(_Strict):
         "half", description="spatial models: the head predicts at half resolution (upsampled) or, with one more "
                             "decoder stage on the full-resolution features, at full resolution"
     )
+    heads: int = Field(1, ge=1, le=8, description="spatial models: anomaly heads, each from its own initial "
+                                                  "weights, whose defect maps are averaged")
     adversary: float = Field(
         5.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
     )

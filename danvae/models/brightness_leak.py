@@ -46,6 +46,10 @@ class LinearLeak(nn.Module):
     units of a squared error of ``y``. Updates its running estimate when called in
     training mode; in evaluation mode it reads the batch alone."""
 
+    cross: torch.Tensor
+    covariance: torch.Tensor
+    weight: torch.Tensor
+
     def __init__(self, dim: int, decay: float = 0.9):
         super().__init__()
         self.decay = decay

@@ -75,6 +75,21 @@ class _SpatialBase(AnomalyVAE):
         self.likelihood = GaussianLikelihood(likelihood)
         self.head = (AnomalyHead(channels, context=int(head_noise), full_resolution=head_resolution == "full")
                      if head else None)
+        # further heads, averaged with the first; built by _add_heads once the VAE is, so the
+        # VAE's initial weights do not depend on how many heads there are
+        self.extra_heads = nn.ModuleList()
+        self._head_shape = (channels, int(head_noise), head_resolution == "full")
+
+    def _add_heads(self, heads: int) -> None:
+        if self.head is not None:
+            channels, context, full = self._head_shape
+            self.extra_heads.extend(AnomalyHead(channels, context=context, full_resolution=full)
+                                    for _ in range(heads - 1))
+
+    def _all_heads(self) -> list[AnomalyHead]:
+        if self.head is None:
+            raise RuntimeError(f"{self.name} was built without an anomaly head (model.head: false)")
+        return [self.head, *self.extra_heads]
 
     # The interface each spatial model implements (SpatialDAnVAE, SpatialVAE), declared so the
     # shared scoring and loss code below is typed; the base class itself is never built.
@@ -87,16 +102,17 @@ class _SpatialBase(AnomalyVAE):
         raise NotImplementedError
 
     def _head_logits(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+                     ) -> list[torch.Tensor]:
+        """Each head's per-pixel defect logits (B×H×W each)."""
+        heads = self._all_heads()
         level = S.image_brightness(x)
         if dissimilarity is None:
             dissimilarity = self_dissimilarity_map(x)
         x_norm = S.normalise_brightness(x, level)
+        x_hat_norm = S.normalise_brightness(x_hat.detach(), level)
         # the noise of the normalised image (loud in dark images), centred near 0 for the first layer
         context = (S.noise_level(x_norm) / NOISE_SCALE - 1.0).clamp(-1.0, 4.0)[:, None] if self.head_noise else None
-        if self.head is None:
-            raise RuntimeError(f"{self.name} was built without an anomaly head (model.head: false)")
-        return self.head(x_norm, S.normalise_brightness(x_hat.detach(), level), dissimilarity, context)
+        return [head(x_norm, x_hat_norm, dissimilarity, context) for head in heads]
 
     def _head_probability(self, x: torch.Tensor, x_hat: torch.Tensor, dissimilarity: torch.Tensor | None = None
                           ) -> torch.Tensor:
@@ -109,7 +125,7 @@ class _SpatialBase(AnomalyVAE):
             dissimilarity = self_dissimilarity_map(x)
         for dims in views:
             a, b, d = (x.flip(dims), x_hat.flip(dims), dissimilarity.flip(dims)) if dims else (x, x_hat, dissimilarity)
-            p = torch.sigmoid(self._head_logits(a, b, d).float())
+            p = torch.stack(self._head_logits(a, b, d)).float().sigmoid().mean(dim=0)
             total += p.flip(dims) if dims else p
         return total / len(views)
 
@@ -118,16 +134,19 @@ class _SpatialBase(AnomalyVAE):
         a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
         if self.head is None:
             return torch.zeros((), device=batch.x.device)
-        logits = self._head_logits(batch.x, x_hat).float()
         has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros_like(batch.anomaly)
-        target = batch.mask.float() if batch.mask is not None else torch.zeros_like(logits)
-        pixel = focal_loss(logits, target)
         known = has_mask | ~batch.anomaly
-        loss = torch.where(known, pixel, torch.zeros_like(pixel)).sum()
         loose = batch.anomaly & ~has_mask
-        if loose.any():
-            image_logit = top_k_mean(logits[loose], 0.01)
-            loss = loss + F.binary_cross_entropy_with_logits(image_logit, torch.ones_like(image_logit), reduction="sum")
+        loss = torch.zeros((), device=batch.x.device)
+        for logits in self._head_logits(batch.x, x_hat):  # each head learns on its own; their maps are averaged
+            logits = logits.float()
+            target = batch.mask.float() if batch.mask is not None else torch.zeros_like(logits)
+            pixel = focal_loss(logits, target)
+            loss = loss + torch.where(known, pixel, torch.zeros_like(pixel)).sum()
+            if loose.any():
+                image_logit = top_k_mean(logits[loose], 0.01)
+                loss = loss + F.binary_cross_entropy_with_logits(image_logit, torch.ones_like(image_logit),
+                                                                 reduction="sum")
         return loss / len(batch.x)
 
     @torch.no_grad()
@@ -193,7 +212,8 @@ class SpatialDAnVAE(_SpatialBase):
     def __init__(self, channels: int, image_size: int, zx_dim: int = 8, zy_dim: int = 8,
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
                  likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 5.0,
-                 decorrelation: float = 0.0, head_noise: bool = False, head_resolution: str = "half"):
+                 decorrelation: float = 0.0, head_noise: bool = False, head_resolution: str = "half",
+                 heads: int = 1):
         super().__init__()
         n_downsamples(image_size)  # refuses unsupported sizes
         self.zx_dim, self.zy_dim = zx_dim, zy_dim
@@ -211,6 +231,7 @@ class SpatialDAnVAE(_SpatialBase):
         # ... and, with no adversary to fool, the brightness variance it explains linearly
         self.decorrelation_weight = decorrelation
         self.linear_leak = LinearLeak(zx_dim) if decorrelation > 0 else None
+        self._add_heads(heads)
 
     def conditional_prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.prior_y(y.view(-1, 1)).chunk(2, dim=-1)
@@ -275,7 +296,8 @@ class SpatialVAE(_SpatialBase):
 
     def __init__(self, channels: int, image_size: int, latent_dim: int = 8, dual_prior: bool = False,
                  anomaly_mean: float = 10.0, smooth_kernel: int = 5, likelihood: str = "calibrated",
-                 top_k: float = 0.05, head: bool = True, head_noise: bool = False, head_resolution: str = "half"):
+                 top_k: float = 0.05, head: bool = True, head_noise: bool = False, head_resolution: str = "half",
+                 heads: int = 1):
         super().__init__()
         n_downsamples(image_size)
         self.name = "dpvae" if dual_prior else "vae"
@@ -285,6 +307,7 @@ class SpatialVAE(_SpatialBase):
                           head_resolution=head_resolution)
         self.encoder = MapEncoder(channels, latent_dim)
         self.decoder = FiLMDecoder(channels, latent_dim)
+        self._add_heads(heads)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         mu, logvar = self.encoder(x)

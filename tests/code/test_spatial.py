@@ -137,6 +137,30 @@ def test_the_head_map_is_averaged_over_mirror_images():
     assert not torch.allclose(p, single, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["danvae", "vae"])
+def test_several_heads_start_apart_train_each_and_average_their_maps(name):
+    torch.manual_seed(0)
+    one = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2), 3, SIZE)
+    torch.manual_seed(0)
+    two = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2, heads=2), 3, SIZE)
+    assert set(two.state_dict()) - set(one.state_dict()) == {k for k in two.state_dict() if k.startswith("extra_heads.0.")}
+    # the VAE and the first head start from the same weights whatever the number of heads
+    assert all(torch.equal(v, two.state_dict()[k]) for k, v in one.state_dict().items())
+    assert not torch.equal(two.head.enc1[0].weight, two.extra_heads[0].enc1[0].weight)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 8:12, 8:12] = True
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    two.head_loss(batch, two.reconstruct(batch.x)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (two.head.out.weight, two.extra_heads[0].out.weight))
+    two.eval().head_tta = False
+    with torch.no_grad():
+        x_hat = two.reconstruct(batch.x)
+        logits = two._head_logits(batch.x, x_hat)
+        assert len(logits) == 2
+        expected = (torch.sigmoid(logits[0]) + torch.sigmoid(logits[1])) / 2
+        assert torch.allclose(two._head_probability(batch.x, x_hat), expected, atol=1e-6)
+
+
 def _stripes(size: int, channels: int, seed: int = 0) -> torch.Tensor:
     """A periodic surface with mild noise: every patch has twins elsewhere in the image."""
     g = torch.Generator().manual_seed(seed)
