@@ -53,7 +53,7 @@ class ModelConfig(_Strict):
         5.0, ge=0, description="spatial danvae: weight of the brightness adversary on z_x (gradient reversal); 0 = off"
     )
     decorrelation: float = Field(
-        0.0, ge=0, description="spatial danvae: weight of the brightness variance that pooled z_x explains "
+        2.0, ge=0, description="spatial danvae: weight of the brightness variance that pooled z_x explains "
                                "linearly (per batch, among normals); 0 = off"
     )
 

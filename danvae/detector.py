@@ -367,7 +367,8 @@ class Detector:
             raise FileNotFoundError(f"no trained model at {path}: train one first (danvae train ... --out DIR)")
         state = load_weights(path, map_location=device)
         meta = state["meta"]
-        det = cls(ModelConfig(**meta["model"]), image_size=meta["image_size"], channels=meta["channels"],
+        # a file written before model.decorrelation existed was trained without it (and has no running estimate)
+        det = cls(ModelConfig(**{"decorrelation": 0.0, **meta["model"]}), image_size=meta["image_size"], channels=meta["channels"],
                   train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]),
                   nuisance=meta.get("nuisance", BRIGHTNESS))
         det.nuisance_range = tuple(meta["nuisance_range"]) if meta.get("nuisance_range") else None

@@ -78,7 +78,7 @@ def test_the_model_adds_the_leak_only_when_weighted():
     torch.manual_seed(0)
     x = torch.rand(8, 3, size, size) * torch.linspace(0.3, 1.0, 8).view(8, 1, 1, 1)
     batch = Batch(x, x.mean(dim=(1, 2, 3)), torch.ones(8, dtype=torch.bool), torch.zeros(8, dtype=torch.bool))
-    off = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, size)
+    off = build_model(ModelConfig(zx_dim=4, zy_dim=2, decorrelation=0.0), 3, size)
     assert off.linear_leak is None and not any("linear_leak" in k for k in off.state_dict())  # older files load
     on = build_model(ModelConfig(zx_dim=4, zy_dim=2, decorrelation=1000.0), 3, size)
     on.load_state_dict(off.state_dict(), strict=False)
@@ -90,3 +90,21 @@ def test_the_model_adds_the_leak_only_when_weighted():
     assert float(terms["off"]["leak"]) == 0.0 and float(terms["on"]["leak"]) > 0
     assert float(terms["on"]["total"]) > float(terms["off"]["total"])
     assert "linear_leak.cross" in on.state_dict()  # saved, so a resumed run goes on exactly
+
+
+def test_a_detector_saved_before_the_option_existed_still_loads_and_scores_the_same(lighting_run, tmp_path):
+    from danvae import Detector
+    from danvae.model_file import load_weights
+
+    det = lighting_run.detector
+    assert det.model_config.decorrelation > 0 and det.model.linear_leak is not None
+    path = det.save(tmp_path / "new")
+    state = load_weights(path)
+    del state["meta"]["model"]["decorrelation"]  # what a file of an earlier version holds
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("linear_leak.")}
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / path.name)
+    old = Detector.load(tmp_path / "old")
+    assert old.model_config.decorrelation == 0.0 and old.model.linear_leak is None
+    images, lighting = lighting_run.images[:8], lighting_run.lighting[:8]
+    assert old.score_table(images, nuisance=lighting)["score"].equals(det.score_table(images, nuisance=lighting)["score"])
