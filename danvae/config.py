@@ -54,7 +54,7 @@ class ModelConfig(_Strict):
     )
     decorrelation: float = Field(
         2.0, ge=0, description="spatial danvae: weight of the brightness variance that pooled z_x explains "
-                               "linearly (per batch, among normals); 0 = off"
+                               "linearly (covariances among normals, averaged over batches); 0 = off"
     )
 
     @property

@@ -368,7 +368,8 @@ class Detector:
         state = load_weights(path, map_location=device)
         meta = state["meta"]
         # a file written before model.decorrelation existed was trained without it (and has no running estimate)
-        det = cls(ModelConfig(**{"decorrelation": 0.0, **meta["model"]}), image_size=meta["image_size"], channels=meta["channels"],
+        model_config = ModelConfig(**{"decorrelation": 0.0, **meta["model"]})
+        det = cls(model_config, image_size=meta["image_size"], channels=meta["channels"],
                   train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]),
                   nuisance=meta.get("nuisance", BRIGHTNESS))
         det.nuisance_range = tuple(meta["nuisance_range"]) if meta.get("nuisance_range") else None

@@ -107,4 +107,5 @@ def test_a_detector_saved_before_the_option_existed_still_loads_and_scores_the_s
     old = Detector.load(tmp_path / "old")
     assert old.model_config.decorrelation == 0.0 and old.model.linear_leak is None
     images, lighting = lighting_run.images[:8], lighting_run.lighting[:8]
-    assert old.score_table(images, nuisance=lighting)["score"].equals(det.score_table(images, nuisance=lighting)["score"])
+    scores = det.score_table(images, nuisance=lighting)["score"]
+    assert old.score_table(images, nuisance=lighting)["score"].equals(scores)

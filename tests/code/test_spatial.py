@@ -143,7 +143,8 @@ def test_several_heads_start_apart_train_each_and_average_their_maps(name):
     one = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2), 3, SIZE)
     torch.manual_seed(0)
     two = build_model(ModelConfig(name=name, zx_dim=4, zy_dim=2, heads=2), 3, SIZE)
-    assert set(two.state_dict()) - set(one.state_dict()) == {k for k in two.state_dict() if k.startswith("extra_heads.0.")}
+    added = set(two.state_dict()) - set(one.state_dict())
+    assert added == {k for k in two.state_dict() if k.startswith("extra_heads.0.")}
     # the VAE and the first head start from the same weights whatever the number of heads
     assert all(torch.equal(v, two.state_dict()[k]) for k, v in one.state_dict().items())
     assert not torch.equal(two.head.enc1[0].weight, two.extra_heads[0].enc1[0].weight)
@@ -151,7 +152,8 @@ def test_several_heads_start_apart_train_each_and_average_their_maps(name):
     mask[1, 8:12, 8:12] = True
     batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
     two.head_loss(batch, two.reconstruct(batch.x)).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (two.head.out.weight, two.extra_heads[0].out.weight))
+    for weight in (two.head.out.weight, two.extra_heads[0].out.weight):
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
     two.eval().head_tta = False
     with torch.no_grad():
         x_hat = two.reconstruct(batch.x)
