@@ -1,7 +1,7 @@
 """Two ways of keeping brightness out of ``z_x``, both on its pooled posterior mean.
 
     y_adv = adversary(reverse_gradient(pooled))   # an adversary's guess, its gradient reversed
-    leak = linear_leak(pooled, batch.y, keep)     # the brightness variance z_x explains linearly
+    leak = LinearLeak(d)(pooled, batch.y, keep)   # the brightness variance z_x explains linearly
 
 The adversary (Ganin & Lempitsky 2015) chases any function of ``z_x`` that predicts
 brightness, but the encoder only has to fool the adversary it has now: measured, the

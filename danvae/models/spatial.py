@@ -137,10 +137,11 @@ class _SpatialBase(AnomalyVAE):
         has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros_like(batch.anomaly)
         known = has_mask | ~batch.anomaly
         loose = batch.anomaly & ~has_mask
+        target = (batch.mask.float() if batch.mask is not None
+                  else torch.zeros(len(batch.x), *batch.x.shape[-2:], device=batch.x.device))
         loss = torch.zeros((), device=batch.x.device)
         for logits in self._head_logits(batch.x, x_hat):  # each head learns on its own; their maps are averaged
             logits = logits.float()
-            target = batch.mask.float() if batch.mask is not None else torch.zeros_like(logits)
             pixel = focal_loss(logits, target)
             loss = loss + torch.where(known, pixel, torch.zeros_like(pixel)).sum()
             if loose.any():
