@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelName = Literal["danvae", "vae", "dpvae", "danvae-global", "vae-global", "dpvae-global"]
+Likelihood = Literal["auto", "sse", "calibrated", "relative"]
 # What a model computes per image. Whole-image: kl_zx, llr_zx, elbo, recon. Local (the
 # smoothed maximum of a per-pixel map): recon_max (squared error), kl_zx_max (KL of the
 # z_x map), recon_norm_max (error of the brightness-normalised images), ssim_max
@@ -33,9 +34,10 @@ class ModelConfig(_Strict):
     zy_dim: int = Field(8, ge=1, le=256)
     anomaly_mean: float = Field(10.0, gt=0, description="m in the anomaly prior N(m·1, I)")
     smooth_kernel: int = Field(5, ge=1, le=63, description="box size of the smoothed maximum of every local map")
-    likelihood: Literal["auto", "sse", "calibrated"] = Field(
-        "auto", description="decoder variance: sse (fixed, the reference) or calibrated (optimal σ, σ-VAE); "
-                            "auto = calibrated for the spatial models, sse for the global ones"
+    likelihood: Likelihood = Field(
+        "auto", description="decoder variance: sse (fixed, the reference), calibrated (optimal σ, σ-VAE) or "
+                            "relative (calibrated on images divided by their brightness: σ scales with lighting); "
+                            "auto = relative for the spatial models, sse for the global ones"
     )
     top_k: float = Field(0.05, gt=0, le=1, description="share of z_x locations the dual prior pulls on an anomaly with no mask")
     head: bool = Field(True, description="spatial models: train the anomaly head (the head_max score)")
@@ -64,7 +66,7 @@ class ModelConfig(_Strict):
     def resolved_likelihood(self) -> str:
         if self.likelihood != "auto":
             return self.likelihood
-        return "calibrated" if self.spatial else "sse"
+        return "relative" if self.spatial else "sse"
 
 
 class SyntheticDefectConfig(_Strict):

@@ -340,7 +340,9 @@ class Detector:
     # ---- persistence -------------------------------------------------------------
     def metadata(self) -> dict:
         return {
-            "model": self.model_config.model_dump(), "train": self.train_config.model_dump(),
+            # the likelihood as resolved, so a file keeps its meaning when the default moves
+            "model": {**self.model_config.model_dump(), "likelihood": self.model_config.resolved_likelihood()},
+            "train": self.train_config.model_dump(),
             "score": self.score_config.model_dump(), "image_size": self.image_size, "channels": self.channels,
             "score_kind": self.score_kind, "threshold": self.threshold, "threshold_method": self.threshold_method,
             "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
@@ -367,8 +369,11 @@ class Detector:
             raise FileNotFoundError(f"no trained model at {path}: train one first (danvae train ... --out DIR)")
         state = load_weights(path, map_location=device)
         meta = state["meta"]
-        # a file written before model.decorrelation existed was trained without it (and has no running estimate)
+        # a file written before model.decorrelation existed was trained without it (and has no running estimate);
+        # one that says "auto" was written before the likelihood was stored resolved, when auto meant calibrated
         model_config = ModelConfig(**{"decorrelation": 0.0, **meta["model"]})
+        if model_config.likelihood == "auto":
+            model_config = model_config.model_copy(update={"likelihood": "calibrated" if model_config.spatial else "sse"})
         det = cls(model_config, image_size=meta["image_size"], channels=meta["channels"],
                   train=TrainConfig(**meta["train"]), score=ScoreConfig(**meta["score"]),
                   nuisance=meta.get("nuisance", BRIGHTNESS))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from danvae.cli.common import CommandError, DefaultsHelpFormatter, read_folder
-from danvae.config import ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
+from danvae.config import Likelihood, ModelConfig, ModelName, ScoreConfig, ScoreKind, SyntheticDefectConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NUISANCE_FILE, factor_values
 
 RUN_CONFIG = "run_config.json"
@@ -175,7 +175,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction, parent: argparse.Ar
     t.add_argument("--lr", type=float, default=train.lr, help="learning rate (cosine schedule down to lr/20)")
     t.add_argument("--beta-x", type=float, default=train.beta_x, help="weight of the KL of z_x")
     t.add_argument("--beta-y", type=float, default=train.beta_y, help="weight of the KL of z_y")
-    t.add_argument("--likelihood", default=model.likelihood, choices=["auto", "sse", "calibrated"],
+    t.add_argument("--likelihood", default=model.likelihood, choices=list(get_args(Likelihood)),
                    help="decoder variance")
     t.add_argument("--synthetic-share", type=float, default=synthetic.share,
                    help="share of normal images that get a synthetic defect (spatial models)")

@@ -92,7 +92,7 @@ class AnomalyVAE(nn.Module):
         out = {
             "kl_zx": kl_zx,
             "llr_zx": S.dual_prior_llr(mu.float(), self.anomaly_mean),
-            "elbo": self.likelihood.score(recon) + kl_zx + self.nuisance_kl(x, y).float(),
+            "elbo": self.likelihood.score(self.likelihood.error(x, x_hat)) + kl_zx + self.nuisance_kl(x, y).float(),
             "recon": recon,
             **{k: S.smoothed_max(m, self.smooth_kernel) for k, m in maps.items()},
             "kl_zx_max": nan, "head_max": nan,  # a global latent has no map; no head

@@ -174,7 +174,7 @@ class _SpatialBase(AnomalyVAE):
         out = {
             "kl_zx": kl_zx,
             "llr_zx": llr.flatten(1).max(dim=1).values,
-            "elbo": self.likelihood.score(recon) + kl_zx + self.nuisance_kl(x, y).float(),
+            "elbo": self.likelihood.score(self.likelihood.error(x, x_hat)) + kl_zx + self.nuisance_kl(x, y).float(),
             "recon": recon,
         }
         out.update({k: S.smoothed_max(m, self.smooth_kernel) for k, m in maps.items()})

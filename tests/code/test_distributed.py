@@ -22,10 +22,11 @@ pytestmark = pytest.mark.slow
 EPOCHS = 8
 TRAIN = ["--epochs", str(EPOCHS), "--warmup-epochs", "2", "--image-size", "32", "--zx-dim", "4", "--zy-dim", "2",
          "--quiet"]
-# Mean relative gap, over epochs, between the losses of 2 processes and of 1 with the same global
-# batch: the ranks draw their own augmentations, so the curves differ as runs with other seeds do
-# (single-process seeds 0 / 1 / 2 on these images, 6 epochs: 8-16 %).
-LOSS_TOLERANCE = 0.15
+# Mean gap, over epochs, between the losses of 2 processes and of 1 with the same global batch, in
+# units of how far the one-process loss moves: the ranks draw their own augmentations, so the curves
+# differ as runs with other seeds do (single-process seeds 0 / 1 / 2 on these images, 8 epochs:
+# 0.16-0.17). Not relative to each epoch's loss, which crosses zero (a calibrated likelihood's log σ²).
+LOSS_TOLERANCE = 0.25
 
 PROBE = '''
 import contextlib, json, os, sys
@@ -98,7 +99,7 @@ def test_two_processes_follow_one_with_the_same_global_batch(data, two_processes
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = losses(one), losses(two_processes)
     assert len(a) == len(b) == EPOCHS
-    gap = float(np.mean(np.abs(b - a) / np.abs(a)))
+    gap = float(np.mean(np.abs(b - a)) / (a.max() - a.min()))
     assert gap <= LOSS_TOLERANCE, (gap, a, b)
     assert b[-3:].mean() < b[:2].mean()  # and it learns
     assert (two_processes / "detector.pt").is_file() and (two_processes / "checkpoints" / "last.pt").is_file()

@@ -60,3 +60,22 @@ def test_real_files_still_load(tmp_path):
     torch.save(state, tmp_path / "last.pt")
     loaded = load_weights(tmp_path / "last.pt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_a_detector_file_keeps_its_likelihood_when_the_default_moves(lighting_run, tmp_path):
+    from danvae import Detector
+
+    det = lighting_run.detector
+    path = det.save(tmp_path / "new")
+    state = load_weights(path)
+    assert state["meta"]["model"]["likelihood"] == "relative"  # stored resolved, not as "auto"
+    assert Detector.load(tmp_path / "new").model.likelihood.kind == "relative"
+    state["meta"]["model"]["likelihood"] = "auto"  # what a file of an earlier version holds
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / path.name)
+    old = Detector.load(tmp_path / "old")
+    assert old.model.likelihood.kind == "calibrated"  # what auto meant when it was written
+    images, lighting = lighting_run.images[:8], lighting_run.lighting[:8]
+    new_table, old_table = det.score_table(images, nuisance=lighting), old.score_table(images, nuisance=lighting)
+    assert new_table["head_max"].equals(old_table["head_max"])
+    assert not new_table["elbo"].equals(old_table["elbo"])  # the likelihood's own score reads errors its way

@@ -179,8 +179,21 @@ def test_calibrated_likelihood_weighs_errors_by_the_batch_variance():
     assert float(lik.variance) < 0.5  # the running variance moves toward the batch's
 
 
-@pytest.mark.parametrize("likelihood", ["sse", "calibrated"])
-def test_both_likelihoods_train_without_error(likelihood):
+def test_relative_likelihood_weighs_a_dark_image_as_a_bright_one():
+    from danvae.models.likelihood import GaussianLikelihood
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8) * 0.5 + 0.4
+    x_hat = x * (1 + 0.1 * torch.randn_like(x))  # the same relative error ...
+    pair = (torch.cat([x, 0.3 * x]), torch.cat([x_hat, 0.3 * x_hat]))  # ... on a bright and a dark copy
+    relative = GaussianLikelihood("relative").error(*pair)
+    assert float(relative[1] / relative[0]) == pytest.approx(1.0, abs=0.15)  # up to the small brightness floor
+    absolute = GaussianLikelihood("calibrated").error(*pair)
+    assert float(absolute[1] / absolute[0]) == pytest.approx(0.09, rel=1e-4)  # a (brightness)² share
+
+
+@pytest.mark.parametrize("likelihood", ["sse", "calibrated", "relative"])
+def test_the_likelihoods_train_without_error_train_without_error(likelihood):
     data = _tiny_data()
     model = build_model(ModelConfig(zx_dim=4, zy_dim=2, likelihood=likelihood), 3, 32)
     history = Trainer(model, TrainConfig(epochs=2, warmup_epochs=1, batch_size=16), progress=False).fit(data)
