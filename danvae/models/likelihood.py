@@ -10,7 +10,7 @@
   brightness: a pixel's σ scales with the lighting, so a dark image's errors weigh as
   much as a bright one's instead of a (brightness)² share of them.
 
-Both return the per-image loss and the weight ``1/(2σ²)`` applied to squared errors, so
+Each returns the per-image loss and the weight ``1/(2σ²)`` applied to squared errors, so
 that other terms defined on the squared-error scale (the auxiliary brightness
 regression) keep their reference balance with reconstruction.
 """

@@ -193,7 +193,7 @@ def test_relative_likelihood_weighs_a_dark_image_as_a_bright_one():
 
 
 @pytest.mark.parametrize("likelihood", ["sse", "calibrated", "relative"])
-def test_the_likelihoods_train_without_error_train_without_error(likelihood):
+def test_the_likelihoods_train_without_error(likelihood):
     data = _tiny_data()
     model = build_model(ModelConfig(zx_dim=4, zy_dim=2, likelihood=likelihood), 3, 32)
     history = Trainer(model, TrainConfig(epochs=2, warmup_epochs=1, batch_size=16), progress=False).fit(data)
