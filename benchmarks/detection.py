@@ -34,6 +34,7 @@ from danvae.evaluation.metrics import evaluate_scores, pixel_auroc
 VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "danvae": ({}, {}, True),
     "danvae-nolabels": ({}, {}, False),
+    "danvae-unlabelled": ({}, {}, False),  # no labelled anomaly in validation either (see UNLABELLED)
     "danvae-nosynthetic": ({}, {"synthetic": SyntheticDefectConfig(share=0.0)}, True),
     "danvae-nohead": ({"head": False}, {}, True),
     "danvae-nodualprior": ({"anomaly_mean": 1e-6}, {}, True),
@@ -44,6 +45,11 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "danvae-global": ({"name": "danvae-global", "zx_dim": 24}, {}, True),
     "vae-global": ({"name": "vae-global", "zx_dim": 24}, {}, False),
 }
+
+# Variants that see no labelled anomaly at all, as a user who has none: validation holds
+# normals only, so the kept epoch is the last and the score kind the default.
+# ``danvae-nolabels`` keeps validation's anomalies (the labels' effect on training alone).
+UNLABELLED = {"danvae-unlabelled"}
 
 
 def make_set(n_normal: int, n_anomaly: int, seed: int, difficulty: str, size: int, dark_share: float,
@@ -74,7 +80,8 @@ def run(variant: str, seed: int, args) -> dict:
     seen = tuple(f for f in DEFECTS if f not in held_out)
     n_train_anom = args.train_anomalies if labelled else 0
     train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, args.dark_share, seen)
-    val = make_set(args.val_normals, args.val_anomalies, base + 2, args.difficulty, args.size, args.dark_share, seen)
+    n_val_anom = 0 if variant in UNLABELLED else args.val_anomalies
+    val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, args.dark_share, seen)
     test = make_set(args.test_normals, args.test_anomalies, base + 3, args.difficulty, args.size, args.dark_share,
                     held_out or DEFECTS)
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})

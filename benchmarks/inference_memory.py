@@ -93,7 +93,7 @@ def main() -> None:
         det = Detector("danvae", image_size=args.size, train=TrainConfig(epochs=1, warmup_epochs=0))
         det.fit(data.images, (data.table["label"] == "anomaly").to_numpy(), progress=False)
         det.save(Path(tmp) / "model")
-        print(f"| case | images | side | input MiB | peak over the loaded model, MiB | s | answer |\n|---|---|---|---|---|---|---|")
+        print("| case | images | side | input MiB | peak over the loaded model, MiB | s | answer |\n|---|---|---|---|---|---|---|")
         for case in CASES:
             out = subprocess.run([sys.executable, __file__, "--case", case, "--model", str(Path(tmp) / "model")],
                                  capture_output=True, text=True, check=True)

@@ -23,8 +23,8 @@ from danvae.data.labelled import load_folder  # noqa: E402
 from danvae.data.synthetic import generate_surfaces  # noqa: E402
 from danvae.evaluation.disentanglement import (NoNuisanceLatent, brightness_line, held_out_r2,  # noqa: E402
                                                traversal_images)
-from danvae.evaluation.metrics import (EvaluationError, evaluate_scores, pixel_auroc,  # noqa: E402
-                                       pr_points, resize_masks, roc_points)
+from danvae.evaluation.metrics import (EvaluationError, bootstrap_aurocs, evaluate_scores,  # noqa: E402
+                                       pixel_auroc, pr_points, resize_masks, roc_points)
 from danvae.evaluation.markdown import FIGURES  # noqa: E402
 from danvae.evaluation.report import HEADLINE_KEYS, METRIC_KEYS, PLOTS, evaluate_run  # noqa: E402
 from danvae.images import brightness  # noqa: E402
@@ -231,6 +231,20 @@ def test_evaluate_scores_still_works_on_a_score_csv(tmp_path):
     assert "f1" not in bare and "fpr_darkest" not in bare and bare["auroc"] == m["auroc"]
     with pytest.raises(EvaluationError, match="lacks column"):
         evaluate_scores(known.drop(columns="brightness"))
+
+
+def test_bootstrap_aurocs_are_sklearns_on_each_paired_stratified_resample():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.random(150) < 0.25
+    values = np.round(rng.normal(size=(150, 3)) + 0.8 * labels[:, None], 1)  # rounded: many ties
+    got = bootstrap_aurocs(labels, values, n=230, seed=4)  # more than one chunk of resamples
+    draw = np.random.default_rng(4)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    for row in got:
+        idx = np.r_[draw.choice(pos, len(pos)), draw.choice(neg, len(neg))]
+        assert row == pytest.approx([roc_auc_score(labels[idx], values[idx, j]) for j in range(3)], abs=1e-12)
 
 
 def test_curves_are_downsampled_and_keep_their_ends():

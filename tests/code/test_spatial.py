@@ -189,6 +189,32 @@ def test_self_dissimilarity_peaks_on_a_planted_flaw_and_ignores_gain(size, chann
     assert torch.allclose(self_dissimilarity_map(x.flip(-1)), m.flip(-1), atol=1e-3)  # float summation order only
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_self_dissimilarity_is_the_nearest_other_patch_over_the_median(size):
+    """The map against its definition, computed directly: every query patch's Euclidean distance
+    to the nearest reference patch (every pixel) at least EXCLUDE away, over the image's median."""
+    import torch.nn.functional as F
+
+    from danvae.models import self_similarity as ss
+    from danvae.models.score_maps import normalise_brightness
+
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    xb = ss._blur(normalise_brightness(x))
+    q = F.unfold(xb, ss.PATCH, stride=ss.STRIDE).transpose(1, 2)
+    r = F.unfold(xb, ss.PATCH, stride=1).transpose(1, 2)
+    q, r = q - q.mean(2, keepdim=True), r - r.mean(2, keepdim=True)
+    gq, gr = ss._patch_grid(size), ss._patch_grid(size, 1)
+    q_pos = torch.cartesian_prod(torch.arange(gq), torch.arange(gq)).float() * ss.STRIDE
+    r_pos = torch.cartesian_prod(torch.arange(gr), torch.arange(gr)).float()
+    far = torch.cdist(q_pos, r_pos) >= ss.EXCLUDE
+    nearest = torch.stack([torch.stack([(r[i][far[j]] - q[i, j]).norm(dim=1).min() for j in range(len(q_pos))])
+                           for i in range(len(x))])
+    expected = ss._to_pixels(nearest, len(x), size, size)
+    got = ss.self_dissimilarity_map(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(ss.self_dissimilarity_map(x, whole_batch=True), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["danvae", "danvae-global"])
 def test_scores_with_precomputed_self_dissimilarity_equal_the_full_pass(name):
     from danvae.scoring import score_images, self_dissimilarities
