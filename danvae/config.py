@@ -81,6 +81,9 @@ class SyntheticDefectConfig(_Strict):
     transplant_strength: tuple[float, float] = Field(
         (1.0, 1.0), description="range of the power a transplanted defect's relative change is raised to "
         "(below 1: fainter than the original)")
+    validation_defects: bool = Field(
+        True, description="when validation holds no labelled anomaly, keep_best chooses the epoch on the "
+        "validation normals and a copy of each with a synthetic defect of these families (else: the last epoch)")
 
     @field_validator("transplant_strength")
     @classmethod

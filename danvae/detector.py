@@ -25,7 +25,7 @@ import torch
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NuisanceError
-from danvae.holdout import ValidationAUROC, holdout_split
+from danvae.holdout import ValidationAUROC, holdout_split, with_synthetic_defects
 from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
@@ -69,6 +69,7 @@ class Detector:
         self.history: list[dict[str, float]] = []
         self.score_range: tuple[float, float] | None = None  # of the validation images' decision scores
         self.best_epoch: int | None = None
+        self.epoch_choice: str | None = None  # what chose the kept epoch (keep_best)
         self.resumed_from_epoch = 0  # the epoch fit() resumed from (0: from the start)
 
     # ---- fitting -----------------------------------------------------------------
@@ -117,8 +118,16 @@ class Detector:
         torch.manual_seed(self.train_config.seed)
         self.model = build_model(self.model_config, self.channels, self.image_size)
         val_y = self._y(val_images, val_nuisance)
-
-        track = ValidationAUROC(self.model, val_images, val_labels, val_y, self.train_config,
+        watched, watched_labels, watched_y = val_images, val_labels, val_y
+        synthetic = self.train_config.synthetic
+        self.epoch_choice = "validation" if val_labels.any() else "last epoch: validation holds no anomaly"
+        if not val_labels.any() and synthetic.validation_defects and synthetic.families:
+            watched, watched_labels = with_synthetic_defects(val_images, synthetic, self.train_config.seed)
+            watched_y = self._y(watched, None if val_nuisance is None else np.concatenate([val_nuisance] * 2))
+            self.epoch_choice = "validation normals with synthetic defects (validation holds no anomaly)"
+        if not self.train_config.keep_best:
+            self.epoch_choice = "last epoch (train.keep_best: false)"
+        track = ValidationAUROC(self.model, watched, watched_labels, watched_y, self.train_config,
                                 self.score_config.batch_size, then=on_epoch_end)
         trainer = Trainer(self.model, self.train_config, checkpoint_dir or run_dir, progress=progress, on_epoch_end=track)
         self.history = trainer.fit(data)
@@ -348,7 +357,7 @@ class Detector:
             "val_aurocs": self.val_aurocs, "brightness_trend": self.brightness_trend,
             "brightness_spread": self.brightness_spread,
             "val_auroc_interval": self.val_auroc_interval, "kind_choice": self.kind_choice, "fusion": self.fusion,
-            "best_epoch": self.best_epoch, "score_range": self.score_range,
+            "best_epoch": self.best_epoch, "epoch_choice": self.epoch_choice, "score_range": self.score_range,
             "nuisance": self.nuisance, "nuisance_range": self.nuisance_range,
         }
 
@@ -390,6 +399,7 @@ class Detector:
         det.val_auroc_interval = tuple(interval) if interval else None
         det.kind_choice = meta.get("kind_choice")
         det.best_epoch = meta.get("best_epoch")
+        det.epoch_choice = meta.get("epoch_choice")
         det.score_range = tuple(meta["score_range"]) if meta.get("score_range") else None
         det.history = state.get("history", [])
         return det

@@ -1,14 +1,18 @@
-"""What a fit holds out and watches: the validation split, and the validation AUROC measured at
-about ``VAL_POINTS`` epochs of a run (what ``train.keep_best`` chooses the kept epoch by)."""
+"""What a fit holds out and watches: the validation split, the validation AUROC measured at
+about ``VAL_POINTS`` epochs of a run (what ``train.keep_best`` chooses the kept epoch by), and,
+for a validation split with no labelled anomaly, its normals with synthetic defects to measure
+that AUROC on."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from danvae.config import TrainConfig
+from danvae.augment import synthesize_defects
+from danvae.config import SyntheticDefectConfig, TrainConfig
 from danvae.models import AnomalyVAE
 from danvae.scoring import default_kind, score_images, self_dissimilarities
 from danvae.train import selection_start
@@ -32,6 +36,18 @@ def holdout_split(is_anomaly: np.ndarray, val_share: float, seed: int) -> tuple[
     stratify = is_anomaly if int(is_anomaly.sum()) >= 2 and int((~is_anomaly).sum()) >= 2 else None
     train_idx, val_idx = train_test_split(idx, test_size=val_share, random_state=seed, stratify=stratify)
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def with_synthetic_defects(normals: np.ndarray, cfg: SyntheticDefectConfig, seed: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The validation normals (N×H×W×C uint8) followed by a copy of each with a synthetic defect
+    of ``cfg``'s families, and their labels. Drawn once, from ``seed``, so every validated epoch
+    is measured on the same defects. What keep_best chooses by when no labelled anomaly is
+    held out: it tracks false alarms on unseen normals and the defects the head was taught."""
+    x = torch.from_numpy(np.ascontiguousarray(normals)).permute(0, 3, 1, 2).float().div(255.0)
+    damaged, _ = synthesize_defects(x, torch.Generator().manual_seed(seed), cfg.families, cfg.strength, x.shape[-1])
+    copies = damaged.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return np.concatenate([normals, copies]), np.r_[np.zeros(len(normals), bool), np.ones(len(copies), bool)]
 
 
 class ValidationAUROC:

@@ -10,8 +10,10 @@ import pytest
 from sklearn.base import clone
 
 from danvae import Detector, load_folder
-from danvae.config import ModelConfig, TrainConfig
+from danvae.config import ModelConfig, SyntheticDefectConfig, TrainConfig
 from danvae.data.synthetic import generate_surfaces
+from danvae.holdout import with_synthetic_defects
+from danvae.train import selection_start
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 QUICK = TrainConfig(epochs=2, warmup_epochs=1, seed=0)
@@ -91,3 +93,33 @@ def test_reconstruct_and_decode_with_nuisance_go_through_the_detector(fitted):
     np.testing.assert_array_equal(det.decode_with_nuisance(images, own), rec)
     relit = det.decode_with_nuisance(images, own[::-1].copy())
     assert not np.array_equal(relit, rec)
+
+
+def test_synthetic_validation_adds_a_defective_copy_of_each_normal_drawn_from_its_seed(surfaces):
+    normals = load_folder(surfaces, image_size=32).images[:8]
+    images, labels = with_synthetic_defects(normals, SyntheticDefectConfig(), seed=1)
+    assert images.dtype == np.uint8 and images.shape == (16, *normals.shape[1:])
+    assert labels.tolist() == [False] * 8 + [True] * 8
+    np.testing.assert_array_equal(images[:8], normals)
+    assert all((images[8 + i] != normals[i]).any() for i in range(8)), "every copy carries a defect"
+    np.testing.assert_array_equal(with_synthetic_defects(normals, SyntheticDefectConfig(), seed=1)[0], images)
+    assert not np.array_equal(with_synthetic_defects(normals, SyntheticDefectConfig(), seed=2)[0], images)
+
+
+def test_with_no_validation_anomaly_the_epoch_is_chosen_on_synthetic_defects(surfaces, tmp_path):
+    data = load_folder(surfaces, image_size=32)
+    normals = data.images[~data.is_anomaly]
+    train, val = normals[:28], normals[28:]
+    cfg = TrainConfig(epochs=6, warmup_epochs=1, seed=0)
+    det = Detector(ModelConfig(zx_dim=4, zy_dim=2), image_size=32, train=cfg).fit(train, val_images=val, progress=False)
+    assert det.epoch_choice is not None and "synthetic defects" in det.epoch_choice
+    # the kept epoch (1-based) has the best AUROC measured in keep_best's window
+    window = {h["epoch"]: h["val_auroc"] for h in det.history
+              if h.get("val_auroc") is not None and h["epoch"] - 1 >= selection_start(cfg)}
+    assert det.best_epoch in window and window[det.best_epoch] == max(window.values())
+    assert Detector.load(det.save(tmp_path / "det")).epoch_choice == det.epoch_choice
+
+    off = cfg.model_copy(update={"synthetic": SyntheticDefectConfig(validation_defects=False)})
+    plain = Detector(ModelConfig(zx_dim=4, zy_dim=2), image_size=32, train=off).fit(train, val_images=val, progress=False)
+    assert plain.best_epoch is None and plain.epoch_choice.startswith("last epoch")
+    assert not any(h.get("val_auroc") is not None for h in plain.history)
