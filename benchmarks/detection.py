@@ -47,8 +47,9 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
 }
 
 # Variants that see no labelled anomaly at all, as a user who has none: validation holds
-# normals only, so the kept epoch is the last and the score kind the default.
-# ``danvae-nolabels`` keeps validation's anomalies (the labels' effect on training alone).
+# normals only, so the kept epoch is chosen on them with synthetic defects
+# (synthetic.validation_defects; before session 17, the last epoch) and the score kind is the
+# default. ``danvae-nolabels`` keeps validation's anomalies (the labels' effect on training alone).
 UNLABELLED = {"danvae-unlabelled"}
 
 
