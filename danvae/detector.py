@@ -31,15 +31,10 @@ from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
 from danvae.scoring import (brightness_adjusted, calibrate_threshold, choose_score_kind, default_kind,
                             fit_brightness_spread, fit_brightness_trend, fit_fusion, fuse, heatmap_kind, image_batches,
-                            score_images)
+                            score_images, to_uint8)
 from danvae.train import Trainer, TrainingData
 
 DETECTOR_FILE = "detector.pt"
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """A model output B×C×H×W in [0, 1] as uint8 B×H×W×C."""
-    return np.rint(x.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
 
 
 class Detector:
@@ -318,7 +313,7 @@ class Detector:
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         """Deterministic reconstructions (from the posterior means), uint8 N×H×W×C at the model's size."""
         model = self._require_fitted().eval()
-        out = [_to_uint8(model.reconstruct(x)) for x in self._batches(images)]
+        out = [to_uint8(model.reconstruct(x)) for x in self._batches(images)]
         return np.concatenate(out) if out else self._empty_images()
 
     @property
@@ -334,7 +329,7 @@ class Detector:
         size = self.score_config.batch_size
         device = next(model.parameters()).device
         codes = torch.as_tensor(np.asarray(z_y), dtype=torch.float32)
-        out = [_to_uint8(model.decode_with_nuisance(x, codes[i * size:(i + 1) * size].to(device)))
+        out = [to_uint8(model.decode_with_nuisance(x, codes[i * size:(i + 1) * size].to(device)))
                for i, x in enumerate(self._batches(images))]
         return np.concatenate(out) if out else self._empty_images()
 

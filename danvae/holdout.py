@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from danvae.augment import synthesize_defects
 from danvae.config import SyntheticDefectConfig, TrainConfig
 from danvae.models import AnomalyVAE
-from danvae.scoring import default_kind, score_images, self_dissimilarities
+from danvae.scoring import default_kind, image_batches, score_images, self_dissimilarities, to_uint8
 from danvae.train import selection_start
 
 VAL_POINTS = 20  # validation AUROC is tracked at about this many epochs of a run
@@ -44,9 +44,9 @@ def with_synthetic_defects(normals: np.ndarray, cfg: SyntheticDefectConfig, seed
     of ``cfg``'s families, and their labels. Drawn once, from ``seed``, so every validated epoch
     is measured on the same defects. What keep_best chooses by when no labelled anomaly is
     held out: it tracks false alarms on unseen normals and the defects the head was taught."""
-    x = torch.from_numpy(np.ascontiguousarray(normals)).permute(0, 3, 1, 2).float().div(255.0)
+    x = next(image_batches(normals, len(normals), "cpu"))
     damaged, _ = synthesize_defects(x, torch.Generator().manual_seed(seed), cfg.families, cfg.strength, x.shape[-1])
-    copies = damaged.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    copies = to_uint8(damaged)
     return np.concatenate([normals, copies]), np.r_[np.zeros(len(normals), bool), np.ones(len(copies), bool)]
 
 

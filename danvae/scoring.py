@@ -52,6 +52,11 @@ def image_batches(images_nhwc: np.ndarray, batch_size: int, device: torch.device
         yield chunk.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float B×C×H×W tensors in [0, 1] back to uint8 B×H×W×C images (``image_batches`` undone)."""
+    return np.rint(x.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+
+
 @torch.no_grad()
 def self_dissimilarities(images_nhwc: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
                          ) -> np.ndarray:
