@@ -74,6 +74,10 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if labels.any() and (~labels).any() else None
 
 
+def saved_name(variant: str, tag: str, seed: int, difficulty: str) -> str:
+    return f"{variant}{'-' + tag if tag else ''}-s{seed}-{difficulty}"
+
+
 def run(variant: str, seed: int, args) -> dict:
     model_kw, train_kw, labelled = VARIANTS[variant]
     base = 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[args.difficulty]
@@ -88,13 +92,17 @@ def run(variant: str, seed: int, args) -> dict:
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})
     train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup, args.epochs), seed=seed,
                             threads=args.threads, **{**train_kw, **json.loads(args.train_json)})
-    det = Detector(model, image_size=args.size, train=train_cfg, score=ScoreConfig())
-    t0 = time.perf_counter()
-    det.fit(train["images"], train["anomaly"], masks=train["masks"], val_images=val["images"],
-            val_is_anomaly=val["anomaly"], progress=False)
-    seconds = time.perf_counter() - t0
+    seconds: float | None = None
+    if args.load_dir:  # a detector saved by an earlier run (--save-dir), scored on this run's test set
+        det = Detector.load(args.load_dir / saved_name(variant, args.load_tag, seed, args.difficulty))
+    else:
+        det = Detector(model, image_size=args.size, train=train_cfg, score=ScoreConfig())
+        t0 = time.perf_counter()
+        det.fit(train["images"], train["anomaly"], masks=train["masks"], val_images=val["images"],
+                val_is_anomaly=val["anomaly"], progress=False)
+        seconds = round(time.perf_counter() - t0, 1)
     if args.save_dir:
-        det.save(args.save_dir / f"{variant}{'-' + args.tag if args.tag else ''}-s{seed}-{args.difficulty}")
+        det.save(args.save_dir / saved_name(variant, args.tag, seed, args.difficulty))
     table, maps = det.score_table(test["images"], heatmaps=True)
     labels = test["anomaly"]
     table["label"] = np.where(labels, "anomaly", "normal")
@@ -120,7 +128,7 @@ def run(variant: str, seed: int, args) -> dict:
         "auroc_by_kind": kinds, "auroc_by_material": per("material", MATERIALS),
         "auroc_by_defect": per("defect", held_out or DEFECTS),
         "pixel_auroc": pixel_auroc(maps[anomalous | ~labels], test["masks"][anomalous | ~labels]),
-        "r2_zx": ent.get("r2_zx"), "r2_zy": ent.get("r2_zy"), "train_seconds": round(seconds, 1),
+        "r2_zx": ent.get("r2_zx"), "r2_zy": ent.get("r2_zy"), "train_seconds": seconds,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
 
@@ -129,8 +137,8 @@ def summarize(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     df = pd.DataFrame(rows)
     df["lofo"] = df["lofo"].fillna("")
-    out = ["| difficulty | held-out family | variant | seeds | AUROC | darkest quintile | FPR dark normals | ρ(score, brightness) | pixel AUROC | R² z_x | R² z_y | score kind | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| difficulty | held-out family | variant | seeds | test images | AUROC | darkest quintile | FPR dark normals | ρ(score, brightness) | pixel AUROC | R² z_x | R² z_y | score kind | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(s: pd.Series) -> str:
         s = pd.to_numeric(s, errors="coerce").dropna()
@@ -139,7 +147,8 @@ def summarize(path: Path) -> str:
         return f"{s.mean():.3f}" + (f" ± {s.std(ddof=1):.3f}" if len(s) > 1 else "")
 
     for (diff, lofo, variant), g in df.groupby(["difficulty", "lofo", "variant"], sort=False):
-        out.append(f"| {diff} | {lofo or '–'} | {variant} | {len(g)} | {ms(g['auroc'])} | {ms(g['auroc_dark'])} | "
+        sizes = "/".join(str(n) for n in sorted(set(g["n_test"])))
+        out.append(f"| {diff} | {lofo or '–'} | {variant} | {len(g)} | {sizes} | {ms(g['auroc'])} | {ms(g['auroc_dark'])} | "
                    f"{ms(g['fpr_dark'])} | {ms(g['rho_normal'])} | {ms(g['pixel_auroc'])} | {ms(g['r2_zx'])} | "
                    f"{ms(g['r2_zy'])} | {', '.join(sorted(set(g['score_kind'])))} | {ms(g['train_seconds'])} |")
     return "\n".join(out)
@@ -168,6 +177,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.jsonl"))
     ap.add_argument("--summarize", type=Path, default=None)
     ap.add_argument("--save-dir", type=Path, default=None, help="also save each trained detector under this folder")
+    ap.add_argument("--load-dir", type=Path, default=None,
+                    help="score detectors saved there by --save-dir instead of training (train s: none)")
+    ap.add_argument("--load-tag", default="", help="the --tag the loaded detectors were saved under")
     args = ap.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
