@@ -49,10 +49,6 @@ class ModelConfig(_Strict):
         "half", description="spatial models: the head predicts at half resolution (upsampled) or, with one more "
                             "decoder stage on the full-resolution features, at full resolution"
     )
-    head_image_loss: float = Field(
-        0.0, ge=0, description="spatial models: weight of a per-image BCE on the head's smoothed-maximum logit "
-                               "(what head_max scores), beside the per-pixel focal loss; 0 = off"
-    )
     heads: int = Field(1, ge=1, le=8, description="spatial models: anomaly heads, each from its own initial "
                                                   "weights, whose defect maps are averaged")
     adversary: float = Field(
@@ -132,8 +128,6 @@ class TrainConfig(_Strict):
         32, ge=16, description="spatial models: normal images train as random crops of this side (4× cheaper "
                                "steps at 32 of 64 px); None = whole images"
     )
-    flips: bool = Field(False, description="spatial models: normal training images are mirrored at random "
-                                           "(left-right, up-down), as the head's test-time views are")
     ema_decay: float | None = Field(
         None, ge=0.5, lt=1, description="keep an exponential moving average of the weights (decay per step) and "
         "validate, keep and ship it instead of the last step's weights; None = off")

@@ -23,8 +23,7 @@ def build_model(cfg: ModelConfig, channels: int, image_size: int) -> AnomalyVAE:
     common: dict[str, Any] = dict(channels=channels, image_size=image_size, anomaly_mean=cfg.anomaly_mean,
                   smooth_kernel=cfg.smooth_kernel, likelihood=cfg.resolved_likelihood())
     spatial: dict[str, Any] = dict(top_k=cfg.top_k, head=cfg.head, head_noise=cfg.head_noise,
-                                   head_resolution=cfg.head_resolution, heads=cfg.heads,
-                                   head_image_loss=cfg.head_image_loss)
+                                   head_resolution=cfg.head_resolution, heads=cfg.heads)
     if cfg.name == "danvae":
         return SpatialDAnVAE(zx_dim=cfg.zx_dim, zy_dim=cfg.zy_dim, adversary=cfg.adversary,
                              decorrelation=cfg.decorrelation, **common, **spatial)

@@ -66,9 +66,8 @@ class _SpatialBase(AnomalyVAE):
 
     def _init_common(self, channels: int, anomaly_mean: float, smooth_kernel: int, likelihood: str,
                      top_k: float, head: bool, head_tta: bool = True, head_noise: bool = False,
-                     head_resolution: str = "half", head_image_loss: float = 0.0) -> None:
+                     head_resolution: str = "half") -> None:
         self.head_tta = head_tta
-        self.head_image_loss = head_image_loss
         self.head_noise = head_noise
         self.anomaly_mean = anomaly_mean
         self.smooth_kernel = smooth_kernel
@@ -149,12 +148,6 @@ class _SpatialBase(AnomalyVAE):
                 image_logit = top_k_mean(logits[loose], 0.01)
                 loss = loss + F.binary_cross_entropy_with_logits(image_logit, torch.ones_like(image_logit),
                                                                  reduction="sum")
-            if self.head_image_loss > 0 and known.any():
-                # the image's decision as head_max makes it: its smoothed-maximum logit against "holds a defect"
-                image_logit = S.smoothed_max(logits[known], self.smooth_kernel)
-                image_target = target[known].flatten(1).amax(dim=1)
-                loss = loss + self.head_image_loss * F.binary_cross_entropy_with_logits(
-                    image_logit, image_target, reduction="sum")
         return loss / len(batch.x)
 
     @torch.no_grad()
@@ -221,12 +214,12 @@ class SpatialDAnVAE(_SpatialBase):
                  anomaly_mean: float = 10.0, prior_hidden: int = 32, smooth_kernel: int = 5,
                  likelihood: str = "calibrated", top_k: float = 0.05, head: bool = True, adversary: float = 5.0,
                  decorrelation: float = 0.0, head_noise: bool = False, head_resolution: str = "half",
-                 heads: int = 1, head_image_loss: float = 0.0):
+                 heads: int = 1):
         super().__init__()
         n_downsamples(image_size)  # refuses unsupported sizes
         self.zx_dim, self.zy_dim = zx_dim, zy_dim
         self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise,
-                          head_resolution=head_resolution, head_image_loss=head_image_loss)
+                          head_resolution=head_resolution)
         self.encoder_x = MapEncoder(channels, zx_dim)
         self.encoder_y = GlobalEncoder(channels, zy_dim)
         self.decoder = FiLMDecoder(channels, zx_dim, cond_dim=zy_dim)
@@ -305,14 +298,14 @@ class SpatialVAE(_SpatialBase):
     def __init__(self, channels: int, image_size: int, latent_dim: int = 8, dual_prior: bool = False,
                  anomaly_mean: float = 10.0, smooth_kernel: int = 5, likelihood: str = "calibrated",
                  top_k: float = 0.05, head: bool = True, head_noise: bool = False, head_resolution: str = "half",
-                 heads: int = 1, head_image_loss: float = 0.0):
+                 heads: int = 1):
         super().__init__()
         n_downsamples(image_size)
         self.name = "dpvae" if dual_prior else "vae"
         self.uses_anomalies = dual_prior
         self.latent_dim = latent_dim
         self._init_common(channels, anomaly_mean, smooth_kernel, likelihood, top_k, head, head_noise=head_noise,
-                          head_resolution=head_resolution, head_image_loss=head_image_loss)
+                          head_resolution=head_resolution)
         self.encoder = MapEncoder(channels, latent_dim)
         self.decoder = FiLMDecoder(channels, latent_dim)
         self._add_heads(heads)

@@ -76,17 +76,6 @@ class BatchAugmenter:
                 batch.x, batch.y_known = x, batch.y_known & ~relit
         return batch
 
-    @staticmethod
-    def flip_some(batch: Batch, gen: torch.Generator) -> Batch:
-        """Mirror each image left-right and up-down, each with probability ½ (a mirrored normal
-        surface is still a normal surface)."""
-        for dim in (-1, -2):
-            chosen = (torch.rand(len(batch.x), generator=gen) < 0.5).to(batch.x.device)
-            batch.x = torch.where(chosen[:, None, None, None], batch.x.flip(dim), batch.x)
-            if batch.mask is not None:
-                batch.mask = torch.where(chosen[:, None, None], batch.mask.flip(dim), batch.mask)
-        return batch
-
     def augment_normals(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Relight a share of the normal images and paste synthetic defects on another share;
         the head learns their masks, and (``denoise``) the VAE reconstructs the clean image."""
@@ -97,8 +86,6 @@ class BatchAugmenter:
             top = torch.randint(side - c + 1, (n,), generator=gen).tolist()
             left = torch.randint(side - c + 1, (n,), generator=gen).tolist()
             batch = self.crop(batch, top, left)
-        if cfg.flips:
-            batch = self.flip_some(batch, gen)
         batch = self.relight_some(batch, gen, cfg.lighting.share)
         x = clean = batch.x
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
