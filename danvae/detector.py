@@ -25,7 +25,7 @@ import torch
 
 from danvae.config import ModelConfig, ScoreConfig, TrainConfig
 from danvae.data.nuisance import BRIGHTNESS, NuisanceError
-from danvae.holdout import ValidationAUROC, holdout_split, with_synthetic_defects
+from danvae.holdout import ValidationAUROC, holdout_split, relit_copies, with_synthetic_defects
 from danvae.images import brightness, fit_to
 from danvae.model_file import load_weights
 from danvae.models import AnomalyVAE, build_model
@@ -154,6 +154,11 @@ class Detector:
         self.brightness_trend = self.brightness_spread = None
         if self.score_config.brightness_adjust and int((~is_anomaly).sum()) >= 10:
             normal = table[~is_anomaly]
+            if self.nuisance == BRIGHTNESS and self.score_config.trend_relit_copies:
+                relit = relit_copies(fit_to(images, self.image_size, self.channels)[~is_anomaly],
+                                     self.train_config.lighting, self.train_config.seed,
+                                     self.score_config.trend_relit_copies)
+                normal = pd.concat([normal, self.score_table(relit, with_decision=False)], ignore_index=True)
             level = self._scaled(normal[factor].to_numpy(dtype=np.float64))
             self.brightness_trend = fit_brightness_trend(normal[self.score_kind], level)
             residual = brightness_adjusted(normal[self.score_kind], level, self.brightness_trend)

@@ -1,7 +1,7 @@
 """What a fit holds out and watches: the validation split, the validation AUROC measured at
-about ``VAL_POINTS`` epochs of a run (what ``train.keep_best`` chooses the kept epoch by), and,
-for a validation split with no labelled anomaly, its normals with synthetic defects to measure
-that AUROC on."""
+about ``VAL_POINTS`` epochs of a run (what ``train.keep_best`` chooses the kept epoch by),
+for a validation split with no labelled anomaly its normals with synthetic defects to measure
+that AUROC on, and relit copies of its normals to fit the score's brightness trend on."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,8 +11,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from danvae.augment import synthesize_defects
-from danvae.config import SyntheticDefectConfig, TrainConfig
+from danvae.augment import relight, synthesize_defects
+from danvae.config import LightingConfig, SyntheticDefectConfig, TrainConfig
 from danvae.models import AnomalyVAE
 from danvae.scoring import default_kind, image_batches, score_images, self_dissimilarities, to_uint8
 from danvae.train import selection_start
@@ -48,6 +48,19 @@ def with_synthetic_defects(normals: np.ndarray, cfg: SyntheticDefectConfig, seed
     damaged, _ = synthesize_defects(x, torch.Generator().manual_seed(seed), cfg.families, cfg.strength, x.shape[-1])
     copies = to_uint8(damaged)
     return np.concatenate([normals, copies]), np.r_[np.zeros(len(normals), bool), np.ones(len(copies), bool)]
+
+
+def relit_copies(normals: np.ndarray, cfg: LightingConfig, seed: int, copies: int = 1) -> np.ndarray:
+    """``copies`` relit versions of each validation normal (N×H×W×C uint8), relit as training
+    relights (gain, gamma, gradient, sensor noise) and drawn once from ``seed``. What the score's
+    trend over brightness is fitted on besides the normals themselves: a validation split holds
+    few dark images, and a trend fitted on a few dozen of them misjudges the dark end."""
+    if copies == 0 or not len(normals):
+        return normals[:0]
+    x = next(image_batches(normals, len(normals), "cpu"))
+    g = torch.Generator().manual_seed(seed)
+    return np.concatenate([to_uint8(relight(x, g, cfg.gain, cfg.gamma, cfg.gradient, cfg.noise))
+                           for _ in range(copies)])
 
 
 class ValidationAUROC:

@@ -44,8 +44,9 @@ def _detector(n_normal: int, n_anomaly: int = 0, **score) -> tuple[Detector, np.
 
 def test_calibration_fits_the_trend_and_the_decision_score_is_centred_on_normals():
     """brightness_adjust on, enough normals: a trend is fitted, and the calibration normals'
-    decision scores have their median at 0 (the normal median trend removed)."""
-    det, images, labels = _detector(n_normal=24)
+    decision scores have their median at 0 (the normal median trend removed; fitted on them alone,
+    without relit copies)."""
+    det, images, labels = _detector(n_normal=24, trend_relit_copies=0)
     det.calibrate(images, labels)
     assert det.brightness_trend is not None
     table = det.score_table(images)
@@ -131,3 +132,41 @@ def test_of_several_clear_winners_the_best_is_chosen_and_other_columns_are_not_k
     table.insert(0, "brightness", labels.astype(float))
     choice = choose_score_kind(table, labels, "head_max", min_anomalies=30)
     assert choice.kind == "selfsim_max" and "brightness" not in choice.aurocs
+
+
+# ----------------------------------------------------------------------------- relit copies for the trend
+def test_relit_copies_are_seeded_relit_versions_of_each_normal():
+    from danvae.config import LightingConfig
+    from danvae.holdout import relit_copies
+
+    _, images, _ = _detector(n_normal=16)
+    copies = relit_copies(images, LightingConfig(), seed=3, copies=2)
+    assert copies.shape == (32, *images.shape[1:]) and copies.dtype == np.uint8
+    np.testing.assert_array_equal(copies, relit_copies(images, LightingConfig(), seed=3, copies=2))
+    assert not np.array_equal(copies, relit_copies(images, LightingConfig(), seed=4, copies=2))
+    ratio = copies.reshape(2, 16, -1).mean(axis=2) / images.reshape(16, -1).mean(axis=1)
+    assert ratio.min() < 0.7 and ratio.max() > 1.0, "gains both below and above 1 (0.35–1.3)"
+    assert relit_copies(images, LightingConfig(), seed=3, copies=0).shape == (0, *images.shape[1:])
+
+
+@pytest.mark.parametrize("copies", [0, 2])
+def test_the_trend_is_fitted_on_the_validation_normals_and_their_relit_copies(monkeypatch, copies: int):
+    """A validation split of bright normals only: with relit copies the trend also sees darker
+    images (the dark end is no longer an extrapolation); with none, only the normals."""
+    import danvae.detector as detector_module
+
+    det, images, labels = _detector(n_normal=48, n_anomaly=4, trend_relit_copies=copies)
+    bright = images.reshape(len(images), -1).mean(axis=1) > np.median(images)
+    images, labels = images[bright], labels[bright]
+    seen: list[np.ndarray] = []
+    fit = detector_module.fit_brightness_trend
+    monkeypatch.setattr(detector_module, "fit_brightness_trend",
+                        lambda scores, level, *a: seen.append(np.asarray(level)) or fit(scores, level, *a))
+    det.calibrate(images, labels)
+    normals = int((~labels).sum())
+    assert len(seen[0]) == normals * (1 + copies)
+    own = det._scaled(det.score_table(images[~labels])["brightness"].to_numpy())
+    if copies:
+        assert seen[0].min() < own.min() - 0.05
+    else:
+        np.testing.assert_allclose(np.sort(seen[0]), np.sort(own))
