@@ -102,9 +102,6 @@ class LightingConfig(_Strict):
     gamma: tuple[float, float] = (0.75, 1.35)
     gradient: float = Field(0.3, ge=0, le=1)
     noise: float = Field(0.02, ge=0, le=0.2, description="largest sensor noise σ added (absolute, in [0, 1] units)")
-    after_defects: bool = Field(
-        False, description="relight normals after their synthetic defects are pasted, as a camera sees a defect: "
-        "under the same light and sensor noise as the surface around it (else: defects pasted on the relit image)")
 
 
 class TrainConfig(_Strict):

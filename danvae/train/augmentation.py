@@ -62,19 +62,12 @@ class BatchAugmenter:
 
     def relight_some(self, batch: Batch, gen: torch.Generator, share: float) -> Batch:
         """Relight a ``share`` of the batch; each relit image's brightness label is measured anew
-        (a recorded factor, such as an exposure, no longer describes a relit image: its label is dropped).
-        A reconstruction target (``batch.target``) is relit with the same draws as its image."""
+        (a recorded factor, such as an exposure, no longer describes a relit image: its label is dropped)."""
         if share == 0:
             return batch
         light = self.cfg.lighting
         relit = (torch.rand(len(batch.x), generator=gen) < share).to(batch.x.device)
         if relit.any():
-            if batch.target is not None:
-                same = torch.Generator(device=gen.device)
-                same.set_state(gen.get_state())
-                target = batch.target.clone()
-                target[relit] = relight(target[relit], same, light.gain, light.gamma, light.gradient, light.noise)
-                batch.target = target
             x = batch.x.clone()
             x[relit] = relight(x[relit], gen, light.gain, light.gamma, light.gradient, light.noise)
             if self.y_measured:
@@ -93,8 +86,7 @@ class BatchAugmenter:
             top = torch.randint(side - c + 1, (n,), generator=gen).tolist()
             left = torch.randint(side - c + 1, (n,), generator=gen).tolist()
             batch = self.crop(batch, top, left)
-        if not cfg.lighting.after_defects:
-            batch = self.relight_some(batch, gen, cfg.lighting.share)
+        batch = self.relight_some(batch, gen, cfg.lighting.share)
         x = clean = batch.x
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
@@ -111,6 +103,4 @@ class BatchAugmenter:
         batch.x, batch.mask = x, mask
         batch.has_mask = torch.ones(n, dtype=torch.bool, device=x.device)
         batch.target = clean if cfg.synthetic.denoise else None
-        if cfg.lighting.after_defects:
-            batch = self.relight_some(batch, gen, cfg.lighting.share)
         return batch

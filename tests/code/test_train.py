@@ -246,29 +246,3 @@ def test_the_moving_average_is_what_is_validated_kept_and_shipped(tmp_path):
     assert all(torch.equal(saved["model"][n], p) for n, p in live.items())  # the checkpoint resumes training ...
     average = dict(zip(live, shadow.module.parameters()))
     assert all(torch.equal(saved["ema"][f"module.{n}"], p) for n, p in average.items())  # ... and the average
-
-
-
-@pytest.mark.parametrize("after_defects", [True, False])
-def test_defects_pasted_before_relighting_share_the_light_of_their_surface(after_defects):
-    import numpy as np
-
-    from danvae.train import TrainingData
-
-    rng = np.random.default_rng(3)
-    imgs = rng.integers(200, 256, (8, 32, 32, 3), dtype=np.uint8)
-    data = TrainingData.from_arrays(imgs, np.full(8, 0.5), np.zeros(8, bool))
-    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=None)
-    light = {"share": 1.0, "after_defects": after_defects, "gain": (0.4, 0.4), "gamma": (1.0, 1.0), "gradient": 0.0,
-             "noise": 0.0}
-    cfg = cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"share": 1.0, "families": ["line"]}),
-                                 "lighting": cfg.lighting.model_copy(update=light)})
-    trainer = Trainer(_model(0), cfg, progress=False)
-    batch = trainer.augmenter.augment_normals(trainer._batch(data, torch.arange(8)), torch.Generator().manual_seed(0))
-    assert torch.allclose(batch.target, (data.images[:8].float() * 0.4).round().div(255), atol=1 / 255), "relit"
-    outside = ~batch.mask[:, None].expand_as(batch.x)
-    assert torch.equal(batch.x[outside], batch.target[outside])
-    assert all((x != t)[:, m].any() for x, t, m in zip(batch.x, batch.target, batch.mask)), "the defect stays"
-    # A line brightened on the unlit surface is dimmed with it; pasted on the dimmed one, it stands out
-    assert (batch.x.max() <= 0.4 + 1 / 255) == after_defects
-    assert torch.allclose(batch.y, batch.target.amax(dim=1).flatten(1).mean(dim=1), atol=0.01), "relit brightness"
