@@ -47,9 +47,12 @@ run: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# Two xdist workers, each test file on one of them (its module fixtures built once), one
+# torch thread each: most tests wait on servers and subprocesses, and two torch threads per
+# worker on two cores fought each other (a fixture that trains took 4–5× its serial time).
 test: install
 	mkdir -p .cache
-	$(BIN)/python -m pytest -q --basetemp=.cache/pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --basetemp=.cache/pytest
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
