@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from danvae.cli import main
+from danvae.config import TrainConfig
 
 
 def danvae(*args: str) -> subprocess.CompletedProcess:
@@ -165,7 +166,7 @@ def test_an_existing_run_is_refused_unless_resumed_with_the_same_settings_or_ove
 
 def test_help_shows_defaults_and_quiet_hides_the_progress_bars(trained, tmp_path):
     helped = danvae("train", "--help")
-    assert "--epochs EPOCHS       (default: 60)" in helped.stdout and "(default: 0.001)" in helped.stdout
+    assert f"--epochs EPOCHS       (default: {TrainConfig().epochs})" in helped.stdout and "(default: 0.001)" in helped.stdout
     assert "--resume" in helped.stdout and "--overwrite" in helped.stdout and "--log-level" in helped.stdout
     loud = danvae("score", "--model", str(trained / "run"), "--data", str(trained / "data"), "--out",
                   str(tmp_path / "a.csv"))
