@@ -8,7 +8,7 @@ pixels only inside the mask it returns, and the size of the change scales with
 any test defect:
 
 - ``blob_texture``: a noise blob filled from another image of the batch;
-- ``blob_shift``: a noise blob with a brightness and colour shift;
+- ``blob_shift``: a noise blob with a brightness shift and a colour cast, faint to strong;
 - ``line``: a thin polyline, darker or brighter;
 - ``dots``: a few small discs, darker or brighter;
 - ``cutpaste``: a rectangle of the same image moved from elsewhere;
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from danvae.config import DEFECT_FAMILIES as FAMILIES
 
 Device = torch.device | str
+TINT = (0.03, 0.4)  # range of the colour cast of ``blob_shift`` (norm of the RGB shift, in [0, 1] units)
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -145,7 +146,12 @@ def _blob_shift(x, g, strength, side):
     m = blob_masks(len(x), *x.shape[-2:], g, x.device, side=side)[:, None].float()
     gain = _uniform(g, len(x), 0.08, 0.35, x.device) * torch.where(
         torch.rand(len(x), generator=g).to(x.device) < 0.5, -1.0, 1.0)
-    tint = (torch.rand(len(x), x.shape[1], generator=g).to(x.device) - 0.5) * 0.12
+    # a colour cast of random hue, faint to strong (log-uniform size): the head must also flag
+    # an obvious stain, not only the faint ones (with casts of ≤ 0.06 it missed large colour stains)
+    direction = torch.randn(len(x), x.shape[1], generator=g)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    size = torch.empty(len(x), 1).uniform_(math.log(TINT[0]), math.log(TINT[1]), generator=g).exp()
+    tint = (direction * size).to(x.device)
     shifted = x * (1 + gain[:, None, None, None]) + tint[:, :, None, None]
     return x + strength * m * (shifted - x), m[:, 0]
 

@@ -37,6 +37,17 @@ def test_strength_scales_the_change(family):
     assert (strong - x).abs().sum() > 2 * (weak - x).abs().sum()
 
 
+def test_colour_casts_range_from_faint_to_strong():
+    """A blob's colour cast (its mean change inside the mask, less the grey part) runs from
+    faint to an obvious stain, so the head also learns to flag a strong discolouration."""
+    x = _surfaces(64)
+    out, mask = apply_family("blob_shift", x, torch.Generator().manual_seed(4))
+    m = mask[:, None].float()
+    change = ((out - x) * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3))
+    cast = (change - change.mean(dim=1, keepdim=True)).norm(dim=1)
+    assert cast.min() < 0.05 and cast.max() > 0.25
+
+
 def test_a_batch_mixes_families_and_is_deterministic():
     x = _surfaces(16)
     a, ma = synthesize_defects(x, torch.Generator().manual_seed(3))
