@@ -174,7 +174,9 @@ class ScoreConfig(_Strict):
     choice_confidence: float = Field(
         0.95, gt=0.5, lt=1, description="... and when it beats the default in this share of bootstrap resamples"
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(
+        32, ge=1, description="images per scoring pass; on CPU 32 scored 1.45× faster than 256 (cache-sized tensors)"
+    )
 
 
 # ---- params.yaml: the pipeline's knobs ---------------------------------------------
