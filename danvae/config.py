@@ -105,7 +105,7 @@ class LightingConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(60, ge=1)
     warmup_epochs: int = Field(8, ge=0, description="normal-only epochs while beta ramps up")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
