@@ -164,7 +164,7 @@ class ScoreConfig(_Strict):
         True, description="subtract the normal images' score trend over brightness (fitted on validation normals)"
     )
     trend_relit_copies: int = Field(
-        1, ge=0, le=8, description="brightness nuisance: the trend is fitted on the validation normals and this many "
+        4, ge=0, le=8, description="brightness nuisance: the trend is fitted on the validation normals and this many "
                                    "relit copies of each (train.lighting), so the rare dark tail has enough points; 0 = off"
     )
     val_share: float = Field(0.2, ge=0.05, le=0.5, description="held-out share for threshold and score choice")
