@@ -102,6 +102,7 @@ def run(variant: str, seed: int, args) -> dict:
     if args.load_dir:  # a detector saved by an earlier run (--save-dir), scored on this run's test set
         det = Detector.load(args.load_dir / saved_name(variant, args.load_tag, seed, args.difficulty))
         if args.recalibrate:  # the score kind, brightness trend and threshold as this code fits them
+            det.score_config = det.score_config.model_copy(update=json.loads(args.score_json))
             det.calibrate(val["images"], val["anomaly"])
     else:
         det = Detector(model, image_size=args.size, train=train_cfg, score=ScoreConfig())
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--load-dir", type=Path, default=None,
                     help="score detectors saved there by --save-dir instead of training (train s: none)")
     ap.add_argument("--load-tag", default="", help="the --tag the loaded detectors were saved under")
+    ap.add_argument("--score-json", default="{}", help="with --recalibrate: ScoreConfig fields to change from the "
+                                                       "saved ones, e.g. '{\"trend_relit_copies\": 4}'")
     ap.add_argument("--recalibrate", action="store_true", help="with --load-dir: calibrate the loaded detectors "
                     "again on this run's validation set (a change of calibration, measured without retraining)")
     args = ap.parse_args()
