@@ -102,7 +102,7 @@ def run(variant: str, seed: int, args) -> dict:
     if args.load_dir:  # a detector saved by an earlier run (--save-dir), scored on this run's test set
         det = Detector.load(args.load_dir / saved_name(variant, args.load_tag, seed, args.difficulty))
         if args.recalibrate:  # the score kind, brightness trend and threshold as this code fits them
-            det.score_config = det.score_config.model_copy(update=json.loads(args.score_json))
+            det.score_config = ScoreConfig(**{**det.score_config.model_dump(), **json.loads(args.score_json)})
             det.calibrate(val["images"], val["anomaly"])
     else:
         det = Detector(model, image_size=args.size, train=train_cfg, score=ScoreConfig())
