@@ -93,7 +93,8 @@ def run(variant: str, seed: int, args) -> dict:
     train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, args.dark_share, seen)
     n_val_anom = 0 if variant in UNLABELLED else args.val_anomalies
     val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, args.dark_share, seen)
-    test = make_set(args.test_normals, args.test_anomalies, base + 3, args.difficulty, args.size, args.dark_share,
+    test_base = base if args.test_seed is None else base - 1000 * seed + 1000 * args.test_seed
+    test = make_set(args.test_normals, args.test_anomalies, test_base + 3, args.difficulty, args.size, args.dark_share,
                     held_out or DEFECTS)
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})
     train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup, args.epochs), seed=seed,
@@ -127,7 +128,7 @@ def run(variant: str, seed: int, args) -> dict:
     return {
         "variant": variant + (f"[{args.tag}]" if args.tag else ""), "seed": seed,
         "val_history": [h.get("val_auroc") for h in det.history], "difficulty": args.difficulty, "epochs": args.epochs, "size": args.size,
-        "lofo": args.lofo, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
+        "lofo": args.lofo, "test_seed": seed if args.test_seed is None else args.test_seed, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
         "score_kind": det.score_kind, "kind_choice": det.kind_choice, "best_epoch": det.best_epoch,
         "val_auroc": det.val_aurocs.get(det.score_kind), "val_interval": det.val_auroc_interval,
         "auroc": overall["auroc"], "auroc_dark": overall["auroc_by_brightness"][0],
@@ -179,6 +180,8 @@ def main() -> None:
     ap.add_argument("--val-anomalies", type=int, default=60)
     ap.add_argument("--test-normals", type=int, default=2100)
     ap.add_argument("--test-anomalies", type=int, default=900)
+    ap.add_argument("--test-seed", type=int, default=None, help="score on the test set of this seed instead of the "
+                    "run's own (with --load-dir: is a seed's low figure its detector's or its test set's?)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model-json", default="{}", help="extra ModelConfig fields, e.g. '{\"zx_dim\": 16}'")
     ap.add_argument("--train-json", default="{}", help="extra TrainConfig fields, e.g. '{\"anomaly_repeats\": 4}'")
