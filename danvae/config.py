@@ -107,7 +107,7 @@ class LightingConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(60, ge=1)
     warmup_epochs: int = Field(8, ge=0, description="normal-only epochs while beta ramps up")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     beta_x: float = Field(1.0, ge=0)
     beta_y: float = Field(3.0, ge=0)
