@@ -14,7 +14,7 @@ Why 3,000 test images (2,100 normal, 900 defective; 1,000 until session 18): the
 quintile of 1,000 images holds about 200, whose AUROC near 0.8 has a standard error of
 about 0.037 (Hanley–McNeil), more than the differences being measured; of 3,000, about
 0.021. ``--save-dir`` keeps each trained detector and ``--load-dir`` scores saved ones on
-another test set without training again.
+another test set without training again; ``--test-seed`` scores on another seed's test set.
 """
 from __future__ import annotations
 
@@ -80,22 +80,27 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if labels.any() and (~labels).any() else None
 
 
+def _set_seed(seed: int, difficulty: str) -> int:
+    """The generator seed a run's sets are drawn from: +1 training, +2 validation, +3 test."""
+    return 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[difficulty]
+
+
 def saved_name(variant: str, tag: str, seed: int, difficulty: str) -> str:
     return f"{variant}{'-' + tag if tag else ''}-s{seed}-{difficulty}"
 
 
 def run(variant: str, seed: int, args) -> dict:
     model_kw, train_kw, labelled = VARIANTS[variant]
-    base = 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[args.difficulty]
+    base = _set_seed(seed, args.difficulty)
+    test_seed = seed if args.test_seed is None else args.test_seed
     held_out = (args.lofo,) if args.lofo else ()
     seen = tuple(f for f in DEFECTS if f not in held_out)
     n_train_anom = args.train_anomalies if labelled else 0
     train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, args.dark_share, seen)
     n_val_anom = 0 if variant in UNLABELLED else args.val_anomalies
     val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, args.dark_share, seen)
-    test_base = base if args.test_seed is None else base - 1000 * seed + 1000 * args.test_seed
-    test = make_set(args.test_normals, args.test_anomalies, test_base + 3, args.difficulty, args.size, args.dark_share,
-                    held_out or DEFECTS)
+    test = make_set(args.test_normals, args.test_anomalies, _set_seed(test_seed, args.difficulty) + 3, args.difficulty,
+                    args.size, args.dark_share, held_out or DEFECTS)
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})
     train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup, args.epochs), seed=seed,
                             threads=args.threads, **{**train_kw, **json.loads(args.train_json)})
@@ -128,7 +133,7 @@ def run(variant: str, seed: int, args) -> dict:
     return {
         "variant": variant + (f"[{args.tag}]" if args.tag else ""), "seed": seed,
         "val_history": [h.get("val_auroc") for h in det.history], "difficulty": args.difficulty, "epochs": args.epochs, "size": args.size,
-        "lofo": args.lofo, "test_seed": seed if args.test_seed is None else args.test_seed, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
+        "lofo": args.lofo, "test_seed": test_seed, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
         "score_kind": det.score_kind, "kind_choice": det.kind_choice, "best_epoch": det.best_epoch,
         "val_auroc": det.val_aurocs.get(det.score_kind), "val_interval": det.val_auroc_interval,
         "auroc": overall["auroc"], "auroc_dark": overall["auroc_by_brightness"][0],
