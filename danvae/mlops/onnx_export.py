@@ -167,11 +167,28 @@ class OnnxDetector:
         return self.score_table(images)["is_anomaly"].to_numpy().astype(int)
 
 
+# Outputs measured in a unit of their own: the decision score and the fused score in normal
+# spreads, the normalised score on [0, 1]. Each is judged against at least that unit: a handful
+# of normal images can all score near 0 in it, and a float difference divided by so small a
+# largest value would fail an exact export.
+UNIT_SCALED = {"score": 1.0, "fused": 1.0, "normalized_score": 1.0}
+
+
+def _fused_terms(detector: Detector, table: pd.DataFrame) -> float:
+    """The largest size of the fused score's terms, each kind over its spread, before their
+    centres cancel: a kind's float difference reaches the fused score in that proportion."""
+    if not detector.fusion:
+        return 0.0
+    terms = [np.abs(table[k].to_numpy(np.float64)) / s for k, (_, s) in detector.fusion.items()]
+    return float(np.nanmax(np.mean(terms, axis=0)))
+
+
 def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) -> float:
     """The largest difference between the two detectors' outputs on ``images``, over every
     numeric column and the heatmap, each relative to that output's largest magnitude (so a
-    score near 0 is not judged by its own tiny size; the normalised score relative to 1). Decisions must agree (inf if not),
-    except for an image whose score lies within that difference of the threshold."""
+    score near 0 is not judged by its own tiny size), to at least its unit for the outputs of
+    ``UNIT_SCALED``, and the fused score to the size of its terms. Decisions must agree (inf if not), except for an image whose score lies
+    within that difference of the threshold."""
     ours, maps = onnx_detector.score_table(images, heatmaps=True)
     ref, ref_maps = detector.score_table(images, heatmaps=True)
     pairs = [(ours[c].to_numpy(np.float64), ref[c].to_numpy(np.float64), c) for c in ref.columns if c != "is_anomaly"]
@@ -181,8 +198,8 @@ def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) 
             return float("inf")
         finite = np.isfinite(b)
         if finite.any():
-            # the normalised score's scale is its range [0, 1], whatever these images reach
-            scale = max(float(np.abs(b[finite]).max()), 1.0 if name == "normalized_score" else 1e-12)
+            scale = max(float(np.abs(b[finite]).max()), UNIT_SCALED.get(name, 1e-12),
+                        _fused_terms(detector, ref) if name == "fused" else 0.0)
             worst = max(worst, float(np.abs(a[finite] - b[finite]).max()) / scale)
     score = ref["score"].to_numpy(np.float64)
     on_the_line = np.abs(score - detector.threshold) <= worst * max(float(np.abs(score).max()), 1e-12)
