@@ -187,8 +187,8 @@ def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) 
     """The largest difference between the two detectors' outputs on ``images``, over every
     numeric column and the heatmap, each relative to that output's largest magnitude (so a
     score near 0 is not judged by its own tiny size), to at least its unit for the outputs of
-    ``UNIT_SCALED``, and the fused score to the size of its terms. Decisions must agree (inf if not), except for an image whose score lies
-    within that difference of the threshold."""
+    ``UNIT_SCALED``, and the fused score to the size of its terms. Decisions must agree (inf if
+    not), except for an image whose score lies within that difference of the threshold."""
     ours, maps = onnx_detector.score_table(images, heatmaps=True)
     ref, ref_maps = detector.score_table(images, heatmaps=True)
     pairs = [(ours[c].to_numpy(np.float64), ref[c].to_numpy(np.float64), c) for c in ref.columns if c != "is_anomaly"]
