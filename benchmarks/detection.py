@@ -80,7 +80,7 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if labels.any() and (~labels).any() else None
 
 
-def _set_seed(seed: int, difficulty: str) -> int:
+def _generator_seed(seed: int, difficulty: str) -> int:
     """The generator seed a run's sets are drawn from: +1 training, +2 validation, +3 test."""
     return 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[difficulty]
 
@@ -91,7 +91,7 @@ def saved_name(variant: str, tag: str, seed: int, difficulty: str) -> str:
 
 def run(variant: str, seed: int, args) -> dict:
     model_kw, train_kw, labelled = VARIANTS[variant]
-    base = _set_seed(seed, args.difficulty)
+    base = _generator_seed(seed, args.difficulty)
     test_seed = seed if args.test_seed is None else args.test_seed
     held_out = (args.lofo,) if args.lofo else ()
     seen = tuple(f for f in DEFECTS if f not in held_out)
@@ -99,8 +99,8 @@ def run(variant: str, seed: int, args) -> dict:
     train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, args.dark_share, seen)
     n_val_anom = 0 if variant in UNLABELLED else args.val_anomalies
     val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, args.dark_share, seen)
-    test = make_set(args.test_normals, args.test_anomalies, _set_seed(test_seed, args.difficulty) + 3, args.difficulty,
-                    args.size, args.dark_share, held_out or DEFECTS)
+    test = make_set(args.test_normals, args.test_anomalies, _generator_seed(test_seed, args.difficulty) + 3,
+                    args.difficulty, args.size, args.dark_share, held_out or DEFECTS)
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})
     train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup, args.epochs), seed=seed,
                             threads=args.threads, **{**train_kw, **json.loads(args.train_json)})

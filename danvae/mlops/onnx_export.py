@@ -28,7 +28,7 @@ from danvae.images import fit_to
 from danvae.models import score_maps as S
 from danvae.config import MODEL_SCORE_KINDS
 from danvae.models.self_similarity import self_dissimilarity_map
-from danvae.scoring import heatmap_kind
+from danvae.scoring import fuse, heatmap_kind
 
 if TYPE_CHECKING:
     from danvae.detector import Detector
@@ -171,7 +171,7 @@ class OnnxDetector:
 # spreads, the normalised score on [0, 1]. Each is judged against at least that unit: a handful
 # of normal images can all score near 0 in it, and a float difference divided by so small a
 # largest value would fail an exact export.
-UNIT_SCALED = {"score": 1.0, "fused": 1.0, "normalized_score": 1.0}
+UNIT_SCALED = frozenset({"score", "fused", "normalized_score"})
 
 
 def _fused_terms(detector: Detector, table: pd.DataFrame) -> float:
@@ -179,8 +179,8 @@ def _fused_terms(detector: Detector, table: pd.DataFrame) -> float:
     centres cancel: a kind's float difference reaches the fused score in that proportion."""
     if not detector.fusion:
         return 0.0
-    terms = [np.abs(table[k].to_numpy(np.float64)) / s for k, (_, s) in detector.fusion.items()]
-    return float(np.nanmax(np.mean(terms, axis=0)))
+    uncentred = {k: [0.0, s] for k, (_, s) in detector.fusion.items()}
+    return float(np.nanmax(fuse(table[list(uncentred)].abs(), uncentred)))
 
 
 def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) -> float:
@@ -198,7 +198,7 @@ def parity(detector: Detector, onnx_detector: OnnxDetector, images: np.ndarray) 
             return float("inf")
         finite = np.isfinite(b)
         if finite.any():
-            scale = max(float(np.abs(b[finite]).max()), UNIT_SCALED.get(name, 1e-12),
+            scale = max(float(np.abs(b[finite]).max()), 1.0 if name in UNIT_SCALED else 1e-12,
                         _fused_terms(detector, ref) if name == "fused" else 0.0)
             worst = max(worst, float(np.abs(a[finite] - b[finite]).max()) / scale)
     score = ref["score"].to_numpy(np.float64)
