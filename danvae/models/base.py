@@ -33,6 +33,8 @@ class LossWeights:
     beta_x: float = 1.0
     beta_y: float = 3.0
     alpha: float = 1.0
+    focal_gamma: float = 2.0  # the anomaly head's focal loss: focusing power ...
+    focal_alpha: float = 0.75  # ... and weight of the defect pixels
 
 
 class AnomalyVAE(nn.Module):

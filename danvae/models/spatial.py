@@ -129,9 +129,9 @@ class _SpatialBase(AnomalyVAE):
             total += p.flip(dims) if dims else p
         return total / len(views)
 
-    def head_loss(self, batch: Batch, x_hat: torch.Tensor) -> torch.Tensor:
-        """Focal loss on known masks (every normal image: all zeros); for an anomaly without
-        a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
+    def head_loss(self, batch: Batch, x_hat: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+        """Focal loss (``gamma``, ``alpha``) on known masks (every normal image: all zeros); for an
+        anomaly without a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
         if self.head is None:
             return torch.zeros((), device=batch.x.device)
         has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros_like(batch.anomaly)
@@ -142,7 +142,7 @@ class _SpatialBase(AnomalyVAE):
         loss = torch.zeros((), device=batch.x.device)
         for logits in self._head_logits(batch.x, x_hat):  # each head learns on its own; their maps are averaged
             logits = logits.float()
-            pixel = focal_loss(logits, target)
+            pixel = focal_loss(logits, target, gamma, alpha)
             loss = loss + torch.where(known, pixel, torch.zeros_like(pixel)).sum()
             if loose.any():
                 image_logit = top_k_mean(logits[loose], 0.01)
@@ -275,7 +275,7 @@ class SpatialDAnVAE(_SpatialBase):
         y_hat = self.regressor(z_y).squeeze(1).float()
         aux = torch.where(batch.y_known, (batch.y - y_hat).pow(2), torch.zeros_like(y_hat)).sum() \
             / batch.y_known.sum().clamp(min=1)
-        head = self.head_loss(batch, x_hat)
+        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha)
         pooled = mu_x.mean(dim=(2, 3))
         y_adv = self.adversary(reverse_gradient(pooled)).squeeze(1).float()
         adv = torch.where(batch.y_known, (batch.y - y_adv).pow(2), torch.zeros_like(y_adv)).sum() \
@@ -321,7 +321,7 @@ class SpatialVAE(_SpatialBase):
         mu, logvar = self.encoder(batch.x)
         x_hat = self.decoder(reparameterize(mu, logvar))
         recon_nll, kl_x, _ = self._vae_terms(batch, mu, logvar, x_hat, use_dual_prior=self.uses_anomalies)
-        head = self.head_loss(batch, x_hat)
+        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha)
         total = recon_nll.mean() + weights.beta_x * kl_x.mean() + head
         zero = torch.zeros((), device=total.device)
         target = batch.target if batch.target is not None else batch.x

@@ -38,4 +38,5 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -> LossWeights:
     f = warmup_factor(epoch, cfg.warmup_epochs)
     alpha = cfg.alpha if cfg.alpha is not None else default_alpha(channels, image_size)
-    return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha)
+    return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha,
+                       focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)

@@ -68,6 +68,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 
+def _optimizer(model: AnomalyVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; with ``head_weight_decay``, AdamW that decays the anomaly head's weights only."""
+    if not cfg.head_weight_decay or model.head is None:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    named = list(model.named_parameters())
+    head = [p for name, p in named if name.startswith(("head.", "extra_heads."))]
+    rest = [p for name, p in named if not name.startswith(("head.", "extra_heads."))]
+    return torch.optim.AdamW([{"params": head, "weight_decay": cfg.head_weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+
+
 class Trainer:
     """Fits an :class:`AnomalyVAE` on :class:`TrainingData`, checkpointing every epoch."""
 
@@ -82,7 +93,7 @@ class Trainer:
         self._ddp = (DistributedDataParallel(self.model, find_unused_parameters=True,
                                              device_ids=[self.device.index] if self.device.type == "cuda" else None)
                      if self.world.size > 1 else None)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = _optimizer(self.model, cfg)
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
         self.on_epoch_end = on_epoch_end

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from danvae.config import ModelConfig
+from danvae.config import ModelConfig, TrainConfig
 from danvae.models import Batch, LossWeights, build_model
 from danvae.models.spatial import dual_prior_means, kl_map
 from danvae.scoring import choose_score_kind, fit_fusion, fuse
@@ -281,3 +281,23 @@ def test_a_full_resolution_head_resolves_single_pixel_detail():
         with torch.no_grad():
             accuracy[full] = float(((head(x, x_hat, dissimilarity) > 0) == (target > 0.5)).float().mean())
     assert accuracy[True] > 0.95 and accuracy[False] < 0.8, accuracy
+
+
+def test_focal_loss_at_gamma_0_is_the_alpha_weighted_cross_entropy_and_the_config_reaches_the_head_loss():
+    from danvae.models import anomaly_head
+    from danvae.train.schedule import loss_weights
+
+    logits = torch.randn(2, SIZE, SIZE)
+    target = (torch.rand(2, SIZE, SIZE) < 0.1).float()
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weighted = (0.6 * target + 0.4 * (1 - target)) * ce
+    assert torch.allclose(anomaly_head.focal_loss(logits, target, gamma=0.0, alpha=0.6), weighted.flatten(1).mean(1))
+    weights = loss_weights(TrainConfig(focal_gamma=0.0, focal_alpha=0.6, warmup_epochs=0), 5, 3, SIZE)
+    assert (weights.focal_gamma, weights.focal_alpha) == (0.0, 0.6)
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 8:12, 8:12] = True
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    x_hat = model.reconstruct(batch.x)
+    # focusing (gamma 2) down-weighs the many easy normal pixels: a smaller loss than plain BCE
+    assert model.head_loss(batch, x_hat, gamma=2.0) < model.head_loss(batch, x_hat, gamma=0.0)

@@ -246,3 +246,23 @@ def test_the_moving_average_is_what_is_validated_kept_and_shipped(tmp_path):
     assert all(torch.equal(saved["model"][n], p) for n, p in live.items())  # the checkpoint resumes training ...
     average = dict(zip(live, shadow.module.parameters()))
     assert all(torch.equal(saved["ema"][f"module.{n}"], p) for n, p in average.items())  # ... and the average
+
+
+def test_head_weight_decay_shrinks_the_anomaly_head_only():
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
+    cfg = TrainConfig(head_weight_decay=0.5, lr=1e-3)
+    trainer = Trainer(model, cfg, progress=False)
+    decayed, plain = trainer.optimizer.param_groups
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.5, 0.0)
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in model.head.parameters()}
+    assert isinstance(Trainer(build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32), TrainConfig(), progress=False)
+                      .optimizer, torch.optim.Adam)
+    # with no gradient at all, only the decay moves a weight: the head's shrink by lr × decay, the rest stay
+    head_before = [p.detach().clone() for p in model.head.parameters()]
+    rest_before = [p.detach().clone() for p in model.decoder.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    assert all(torch.allclose(p, b * (1 - 1e-3 * 0.5)) for p, b in zip(model.head.parameters(), head_before))
+    assert all(torch.equal(p, b) for p, b in zip(model.decoder.parameters(), rest_before))
