@@ -20,6 +20,8 @@ from torch import nn
 
 
 DEFECT_PRIOR = 0.01  # the head starts out predicting this defect probability everywhere
+FOCAL_GAMMA = 2.0  # the focal loss's defaults (train.focal_gamma, train.focal_alpha)
+FOCAL_ALPHA = 0.75
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -67,7 +69,8 @@ class AnomalyHead(nn.Module):
         return F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA,
+               alpha: float = FOCAL_ALPHA) -> torch.Tensor:
     """Mean binary focal loss (Lin et al. 2017) per image; ``alpha`` weighs the rare defect pixels."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

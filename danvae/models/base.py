@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from danvae.models import score_maps as S
-from danvae.models.anomaly_head import AnomalyHead
+from danvae.models.anomaly_head import FOCAL_ALPHA, FOCAL_GAMMA, AnomalyHead
 from danvae.models.likelihood import GaussianLikelihood
 from danvae.models.self_similarity import self_dissimilarity_map
 
@@ -33,8 +33,8 @@ class LossWeights:
     beta_x: float = 1.0
     beta_y: float = 3.0
     alpha: float = 1.0
-    focal_gamma: float = 2.0  # the anomaly head's focal loss: focusing power ...
-    focal_alpha: float = 0.75  # ... and weight of the defect pixels
+    focal_gamma: float = FOCAL_GAMMA  # the anomaly head's focal loss: focusing power ...
+    focal_alpha: float = FOCAL_ALPHA  # ... and weight of the defect pixels
 
 
 class AnomalyVAE(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danvae.models import score_maps as S
-from danvae.models.anomaly_head import AnomalyHead, focal_loss, top_k_mean
+from danvae.models.anomaly_head import FOCAL_ALPHA, FOCAL_GAMMA, AnomalyHead, focal_loss, top_k_mean
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize
 from danvae.models.brightness_leak import LinearLeak, reverse_gradient
@@ -129,7 +129,8 @@ class _SpatialBase(AnomalyVAE):
             total += p.flip(dims) if dims else p
         return total / len(views)
 
-    def head_loss(self, batch: Batch, x_hat: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+    def head_loss(self, batch: Batch, x_hat: torch.Tensor, gamma: float = FOCAL_GAMMA,
+                  alpha: float = FOCAL_ALPHA) -> torch.Tensor:
         """Focal loss (``gamma``, ``alpha``) on known masks (every normal image: all zeros); for an
         anomaly without a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
         if self.head is None:
