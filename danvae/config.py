@@ -120,6 +120,9 @@ class TrainConfig(_Strict):
         4, ge=1, le=100,
         description="passes over the labelled anomalies per epoch after warm-up (reference: 1)",
     )
+    anomaly_steps: Literal["phase", "interleaved"] = Field(
+        "phase", description="when an epoch's anomaly batches run: phase = all before its normal batches; "
+                             "interleaved = spread evenly among them")
     focal_gamma: float = Field(2.0, ge=0, le=5, description="focusing power of the anomaly head's focal loss (0 = weighted BCE)")
     focal_alpha: float = Field(0.75, gt=0, lt=1, description="weight of defect pixels in the anomaly head's focal loss")
     head_weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW) of the anomaly head's weights; 0 = plain Adam")

@@ -68,6 +68,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 
+def interleave(anomaly_batches: list[tuple[torch.Tensor, bool]], normal_batches: list[torch.Tensor]
+               ) -> list[tuple[torch.Tensor, bool | None]]:
+    """Anomaly batches (with their crop flag) spread evenly among normal batches (flag None): each
+    kind sorted by the middle of its slot in the epoch, with no random draw."""
+    steps: list[tuple[torch.Tensor, bool | None]] = [*anomaly_batches, *[(b, None) for b in normal_batches]]
+    slot = [(i + 0.5) / len(anomaly_batches) for i in range(len(anomaly_batches))]
+    slot += [(j + 0.5) / len(normal_batches) for j in range(len(normal_batches))]
+    return [steps[k] for k in sorted(range(len(steps)), key=slot.__getitem__)]
+
+
 def _optimizer(model: AnomalyVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam; with ``head_weight_decay``, AdamW that decays the anomaly head's weights only."""
     if not cfg.head_weight_decay or model.head is None:
@@ -162,32 +172,56 @@ class Trainer:
         self.model.train()
         sums = torch.zeros(len(LOSS_TERMS), device=self.device)
         seen = 0
-        anomalies = torch.nonzero(data.anomaly).flatten()
-        normals = torch.nonzero(~data.anomaly).flatten()
-        if epoch >= cfg.warmup_epochs and self.model.uses_anomalies and len(anomalies):
-            # Anomalies with a known mask train on crops around their defect; the others whole.
-            crop = self.augmenter.crops(data.images.shape[-1]) and data.has_mask is not None
-            masked = (data.has_mask[anomalies] if crop and data.has_mask is not None
-                      else torch.zeros(len(anomalies), dtype=torch.bool))
-            with frozen(self.model.decoder):
-                for _ in range(cfg.anomaly_repeats):
-                    for members, around in ((anomalies[masked], True), (anomalies[~masked], False)):
-                        order = members[torch.randperm(len(members), generator=order_gen)]
-                        for idx in self._local_batches(order):
-                            batch = self._batch(data, idx)
-                            batch = self.augmenter.crop_around_defects(batch, gen) if around else batch
-                            self._step(self.augmenter.relight_some(batch, gen, cfg.lighting.anomaly_share), weights, epoch)
-        order = normals[torch.randperm(len(normals), generator=order_gen)]
-        for idx in self._local_batches(order):
+        anomaly_batches = self._anomaly_batches(data, epoch, order_gen)  # lazy: "phase" keeps its draw order
+
+        def normal_step(idx: torch.Tensor) -> None:
+            nonlocal sums, seen
             batch = self._batch(data, idx)
             if augment:
                 batch = self.augmenter.augment_normals(batch, gen)
             sums += self._step(batch, weights, epoch)
             seen += len(idx)
+
+        def anomaly_step(idx: torch.Tensor, around: bool) -> None:
+            batch = self._batch(data, idx)
+            batch = self.augmenter.crop_around_defects(batch, gen) if around else batch
+            with frozen(self.model.decoder):
+                self._step(self.augmenter.relight_some(batch, gen, cfg.lighting.anomaly_share), weights, epoch)
+
+        normals = torch.nonzero(~data.anomaly).flatten()
+        if cfg.anomaly_steps == "phase":
+            for idx, around in anomaly_batches:
+                anomaly_step(idx, around)
+            for idx in self._local_batches(normals[torch.randperm(len(normals), generator=order_gen)]):
+                normal_step(idx)
+        else:
+            pending = list(anomaly_batches)
+            normal_batches = self._local_batches(normals[torch.randperm(len(normals), generator=order_gen)])
+            for idx, crop_flag in interleave(pending, normal_batches):
+                if crop_flag is None:
+                    normal_step(idx)
+                else:
+                    anomaly_step(idx, crop_flag)
         sums = sum_over_ranks(sums, world)
         seen = int(sum_over_ranks(torch.tensor([float(seen)], device=self.device), world).item())
         values = (sums / max(seen, 1)).tolist()
         return {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, values)), "beta_x": weights.beta_x, "beta_y": weights.beta_y}
+
+    def _anomaly_batches(self, data: TrainingData, epoch: int, order_gen: torch.Generator
+                         ) -> Iterator[tuple[torch.Tensor, bool]]:
+        """The epoch's anomaly batches after warm-up, each with whether it trains on crops around
+        its defects (anomalies with a known mask) or whole; each pass drawn as it is reached."""
+        anomalies = torch.nonzero(data.anomaly).flatten()
+        if epoch < self.cfg.warmup_epochs or not self.model.uses_anomalies or not len(anomalies):
+            return
+        crop = self.augmenter.crops(data.images.shape[-1]) and data.has_mask is not None
+        masked = (data.has_mask[anomalies] if crop and data.has_mask is not None
+                  else torch.zeros(len(anomalies), dtype=torch.bool))
+        for _ in range(self.cfg.anomaly_repeats):
+            for members, around in ((anomalies[masked], True), (anomalies[~masked], False)):
+                order = members[torch.randperm(len(members), generator=order_gen)]
+                for idx in self._local_batches(order):
+                    yield idx, around
 
     def _local_batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """The epoch's global batches, each cut to this rank's share. Several ranks: a last batch

@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -68,7 +70,6 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_losses_fall_during_training():
-    import numpy as np
 
     from danvae.data.synthetic import DIFFICULTIES, render_surface
     from danvae.train import TrainingData
@@ -82,7 +83,6 @@ def test_losses_fall_during_training():
 
 
 def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
-    import numpy as np
 
     from danvae.train import TrainingData
 
@@ -151,7 +151,6 @@ def test_an_unusable_checkpoint_is_set_aside_and_training_starts_afresh(tmp_path
 
 
 def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks_are_known():
-    import numpy as np
 
     from danvae.train import TrainingData
 
@@ -176,7 +175,6 @@ def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_labelled_anomalies_are_relit_in_the_anomaly_phase_as_configured(share):
-    import numpy as np
 
     from danvae.train import TrainingData
 
@@ -266,3 +264,32 @@ def test_head_weight_decay_shrinks_the_anomaly_head_only():
     trainer.optimizer.step()
     assert all(torch.allclose(p, b * (1 - 1e-3 * 0.5)) for p, b in zip(model.head.parameters(), head_before))
     assert all(torch.equal(p, b) for p, b in zip(model.decoder.parameters(), rest_before))
+
+
+@pytest.mark.parametrize("how", ["phase", "interleaved"])
+def test_anomaly_steps_run_first_or_spread_over_the_epoch_with_the_decoder_frozen(how):
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(4)
+    imgs = rng.integers(60, 200, (30, 32, 32, 3), dtype=np.uint8)
+    anomaly = np.arange(30) >= 22
+    masks = np.zeros((30, 32, 32), bool)
+    masks[22:, 3:10, 5:12] = True
+    data = TrainingData.from_arrays(imgs, np.full(30, 0.5), anomaly, masks=masks)
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=2, batch_size=4, anomaly_steps=how)
+    trainer = Trainer(_model(0), cfg, progress=False)
+    kinds, step = [], trainer._step
+
+    def recording_step(batch, *a):
+        decoder = [p.detach().clone() for p in trainer.model.decoder.parameters()]
+        out = step(batch, *a)
+        unchanged = all(torch.equal(p, q) for p, q in zip(decoder, trainer.model.decoder.parameters()))
+        kinds.append(bool(batch.anomaly.all()))
+        assert unchanged == kinds[-1], "the decoder learns on normal batches only"
+        return out
+
+    trainer._step = recording_step
+    trainer.run_epoch(data, 0)
+    assert kinds.count(True) == 4 and kinds.count(False) == 6  # 2 passes over 8 anomalies; 22 normals
+    order = "".join("A" if k else "N" for k in kinds)
+    assert order == ("AAAANNNNNN" if how == "phase" else "NANANNANAN")  # interleaved: by the middle of each slot
