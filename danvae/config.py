@@ -123,6 +123,9 @@ class TrainConfig(_Strict):
     anomaly_steps: Literal["phase", "interleaved"] = Field(
         "phase", description="when an epoch's anomaly batches run: phase = all before its normal batches; "
                              "interleaved = spread evenly among them")
+    anomaly_recon: Literal["all", "outside_mask"] = Field(
+        "all", description="spatial models: what of a labelled anomaly is reconstructed: every pixel, or those "
+                           "outside its known defect mask (the clean surface under the defect is unknown)")
     focal_gamma: float = Field(2.0, ge=0, le=5, description="focusing power of the anomaly head's focal loss (0 = weighted BCE)")
     focal_alpha: float = Field(0.75, gt=0, lt=1, description="weight of defect pixels in the anomaly head's focal loss")
     head_weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW) of the anomaly head's weights; 0 = plain Adam")

@@ -26,6 +26,7 @@ class Batch:
     mask: torch.Tensor | None = None  # B×H×W bool: known defect pixels (all False on a normal image)
     has_mask: torch.Tensor | None = None  # B bool: ``mask`` is known for this image (normals: True)
     target: torch.Tensor | None = None  # B×C×H×W: what to reconstruct (the clean image under a synthetic defect)
+    unknown: torch.Tensor | None = None  # B×H×W bool: pixels whose clean value is unknown (no reconstruction target)
 
 
 @dataclass

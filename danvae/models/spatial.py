@@ -198,6 +198,8 @@ class _SpatialBase(AnomalyVAE):
     def _vae_terms(self, batch: Batch, mu: torch.Tensor, logvar: torch.Tensor, x_hat: torch.Tensor,
                    use_dual_prior: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = batch.target if batch.target is not None else batch.x
+        if batch.unknown is not None:  # no error, so no gradient, where the clean surface is unknown
+            target = torch.where(batch.unknown[:, None], x_hat.detach().to(target.dtype), target)
         recon_nll, precision = self.likelihood(target, x_hat)
         mu, logvar = mu.float(), logvar.float()
         prior: torch.Tensor | float = 0.0

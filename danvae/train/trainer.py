@@ -185,6 +185,8 @@ class Trainer:
         def anomaly_step(idx: torch.Tensor, around: bool) -> None:
             batch = self._batch(data, idx)
             batch = self.augmenter.crop_around_defects(batch, gen) if around else batch
+            if cfg.anomaly_recon == "outside_mask" and batch.mask is not None and batch.has_mask is not None:
+                batch.unknown = batch.mask & batch.has_mask[:, None, None]
             with frozen(self.model.decoder):
                 self._step(self.augmenter.relight_some(batch, gen, cfg.lighting.anomaly_share), weights, epoch)
 

@@ -293,3 +293,46 @@ def test_anomaly_steps_run_first_or_spread_over_the_epoch_with_the_decoder_froze
     assert kinds.count(True) == 4 and kinds.count(False) == 6  # 2 passes over 8 anomalies; 22 normals
     order = "".join("A" if k else "N" for k in kinds)
     assert order == ("AAAANNNNNN" if how == "phase" else "NANANNANAN")  # interleaved: by the middle of each slot
+
+
+def test_outside_mask_reconstruction_ignores_a_labelled_defect_s_pixels():
+    """``anomaly_recon: outside_mask``: the anomaly batches carry their defect mask as unknown
+    pixels, and no change of the image there moves the reconstruction term."""
+    from danvae.models.base import Batch
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(60, 200, (20, 32, 32, 3), dtype=np.uint8)
+    anomaly = np.arange(20) >= 16
+    masks = np.zeros((20, 32, 32), bool)
+    masks[16:, 10:16, 12:20] = True
+    data = TrainingData.from_arrays(imgs, np.full(20, 0.5), anomaly, masks=masks)
+    for recon, carries in (("all", False), ("outside_mask", True)):
+        cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=1, batch_size=4, anomaly_recon=recon)
+        trainer = Trainer(_model(0), cfg, progress=False)
+        seen, step = [], trainer._step
+        trainer._step = lambda batch, *a: seen.append(batch) or step(batch, *a)
+        trainer.run_epoch(data, 0)
+        anomalous = [b for b in seen if b.anomaly.all()]
+        assert len(anomalous) == 1 and all(b.unknown is None for b in seen if not b.anomaly.any())
+        b = anomalous[0]
+        assert (b.unknown is not None) == carries
+        if carries:
+            assert torch.equal(b.unknown, b.mask) and b.unknown.any()
+
+    model = _model(1)
+    x = torch.rand(2, 3, 32, 32)
+    unknown = torch.zeros(2, 32, 32, dtype=torch.bool)
+    unknown[:, 8:14, 8:14] = True
+    mu, logvar, extra = model.encode(x)
+    x_hat = model.decode_from(mu, extra).detach()
+
+    def recon(image):
+        batch = Batch(x=image, y=torch.full((2,), 0.5), y_known=torch.ones(2, dtype=torch.bool),
+                      anomaly=torch.ones(2, dtype=torch.bool), unknown=unknown)
+        return model._vae_terms(batch, mu, logvar, x_hat, use_dual_prior=False)[0]
+
+    inside, outside = x.clone(), x.clone()
+    inside[:, :, 8:14, 8:14] = 1.0
+    outside[:, :, 20:26, 20:26] = 1.0
+    assert torch.equal(recon(inside), recon(x)) and not torch.allclose(recon(outside), recon(x))
