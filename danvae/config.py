@@ -140,6 +140,9 @@ class TrainConfig(_Strict):
     ema_decay: float | None = Field(
         None, ge=0.5, lt=1, description="keep an exponential moving average of the weights (decay per step) and "
         "validate, keep and ship it instead of the last step's weights; None = off")
+    swa: bool = Field(
+        False, description="validate, keep and ship the mean of the weights at the end of each epoch of the second "
+                           "half (from the first epoch keep_best may choose), instead of the last epoch's")
     synthetic: SyntheticDefectConfig = SyntheticDefectConfig()
     lighting: LightingConfig = LightingConfig()
     seed: int = 0
@@ -152,6 +155,12 @@ class TrainConfig(_Strict):
     def _crop_is_a_power_of_two(self) -> "TrainConfig":
         if self.crop is not None and self.crop & (self.crop - 1):
             raise ValueError(f"crop must be a power of two (e.g. 32) or null, got {self.crop}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_weight_average(self) -> "TrainConfig":
+        if self.swa and self.ema_decay:
+            raise ValueError("choose one average of the weights: swa or ema_decay, not both")
         return self
 
     @model_validator(mode="after")

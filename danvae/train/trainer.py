@@ -78,6 +78,17 @@ def interleave(anomaly_batches: list[tuple[torch.Tensor, bool]], normal_batches:
     return [steps[k] for k in sorted(range(len(steps)), key=slot.__getitem__)]
 
 
+def _weight_average(model: AnomalyVAE, cfg: TrainConfig) -> AveragedModel | None:
+    """An exponential moving average of the weights per step (``ema_decay``), or the plain mean
+    of the weights at the end of each epoch keep_best may choose from (``swa``); buffers (the
+    likelihood's variance) are averaged with them."""
+    if cfg.ema_decay:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    if cfg.swa:
+        return AveragedModel(model, use_buffers=True)
+    return None
+
+
 def _optimizer(model: AnomalyVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam; with ``head_weight_decay``, AdamW that decays the anomaly head's weights only."""
     if not cfg.head_weight_decay or model.head is None:
@@ -112,8 +123,7 @@ class Trainer:
         self.best_epoch: int | None = None  # 1-based epoch whose weights were kept (keep_best)
         self._best: dict | None = None  # the best epoch's state when there is no run folder
         self.augmenter = BatchAugmenter(cfg, has_head=model.head is not None)
-        self._ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-                     if cfg.ema_decay else None)  # the weights that are validated, kept and shipped
+        self._average = _weight_average(self.model, cfg)  # the weights that are validated, kept and shipped
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -150,8 +160,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        if self._ema is not None:
-            self._ema.update_parameters(self.model)
+        if self._average is not None and self.cfg.ema_decay:
+            self._average.update_parameters(self.model)
         zero = torch.zeros((), device=self.device)
         return torch.stack([terms.get(k, zero).detach().float() for k in LOSS_TERMS]) * len(batch.x)
 
@@ -244,6 +254,8 @@ class Trainer:
                    desc=f"training {self.model.name}", disable=self.progress is False or not main, unit="epoch")
         for epoch in bar:
             record = self.run_epoch(data, epoch)
+            if self._average is not None and self.cfg.swa and epoch >= selection_start(self.cfg):
+                self._average.update_parameters(self.model)
             if not main:  # validation, the kept best epoch and the files are rank 0's
                 self.history.append(record)
                 continue
@@ -254,24 +266,36 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['total']:.1f}")
                 self._keep_if_best(epoch, record)
             self.save_checkpoint(epoch)
-        if main and not self._restore_best() and self._ema is not None:
-            self.model.load_state_dict(self._ema.module.state_dict())
+        if main and not self._restore_best() and self._averaging():
+            self.model.load_state_dict(self._shipped_average().state_dict())
         barrier(self.world)
         return self.history
 
     @contextlib.contextmanager
     def _averaged_weights(self):
-        """Inside the block the model holds the moving average of its weights (when kept), so
-        validation and keep_best see what would be shipped; the training weights come back after."""
-        if self._ema is None:
+        """Inside the block the model holds the average of its weights (when one is kept and has
+        begun), so validation and keep_best see what would be shipped; the training weights come back after."""
+        if not self._averaging():
             yield
             return
         live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self._ema.module.state_dict())
+        self.model.load_state_dict(self._shipped_average().state_dict())
         try:
             yield
         finally:
             self.model.load_state_dict(live)
+
+    @property
+    def _average_key(self) -> str:
+        return "ema" if self.cfg.ema_decay else "swa"
+
+    def _averaging(self) -> bool:
+        return self._average is not None and int(self._average.n_averaged) > 0
+
+    def _shipped_average(self) -> torch.nn.Module:
+        if self._average is None:
+            raise RuntimeError("no average of the weights is kept")
+        return self._average.module
 
     @property
     def best_path(self) -> Path | None:
@@ -313,8 +337,8 @@ class Trainer:
             return
         state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "history": self.history, "config": self.cfg.model_dump()}
-        if self._ema is not None:
-            state["ema"] = self._ema.state_dict()
+        if self._average is not None:
+            state[self._average_key] = self._average.state_dict()
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
 
@@ -325,11 +349,11 @@ class Trainer:
         try:
             state = load_weights(path, map_location=self.device)
             check_fits(state, self.model)
-            if self._ema is not None and "ema" not in state:
-                raise ValueError("checkpoint holds no moving average of the weights (train.ema_decay)")
+            if self._average is not None and self._average_key not in state:
+                raise ValueError(f"checkpoint holds no average of the weights (train.{self._average_key})")
             self.optimizer.load_state_dict(state["optimizer"])
-            if self._ema is not None:
-                self._ema.load_state_dict(state["ema"])
+            if self._average is not None:
+                self._average.load_state_dict(state[self._average_key])
         except (CorruptModelFileError, UnsafeModelFileError, KeyError, TypeError, ValueError) as exc:
             # a checkpoint that cannot be resumed must not fail every rerun: set it aside, start afresh
             aside = path.with_name(path.name + ".unusable")

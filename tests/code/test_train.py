@@ -19,11 +19,12 @@ def _model(seed: int):
     return build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
 
 
-@pytest.mark.parametrize("crop, ema", [(None, None), (16, None), (16, 0.9)], ids=["whole-images", "crops", "ema"])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop, ema):
+@pytest.mark.parametrize("crop, average, crash", [(None, {}, 2), (16, {}, 2), (16, {"ema_decay": 0.9}, 2),
+                                                  (16, {"swa": True}, 3)], ids=["whole-images", "crops", "ema", "swa"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop, average, crash):
     """With synthetic defects, relighting and (here) random crops all drawn from the epoch's seed,
-    and the moving average of the weights carried in the checkpoint."""
-    cfg = CFG.model_copy(update={"crop": crop, "ema_decay": ema})
+    and the average of the weights carried in the checkpoint (swa: one epoch averaged before the crash)."""
+    cfg = CFG.model_copy(update={"crop": crop, **average})
     data = _tiny_data()
     full = Trainer(_model(0), cfg, tmp_path / "full", progress=False)
     full_history = full.fit(data)
@@ -31,19 +32,19 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crop, ema
     interrupted = Trainer(_model(0), cfg, tmp_path / "cut", progress=False)
     original = interrupted._step
 
-    def crash_in_third_epoch(batch, weights, epoch):
-        if epoch == 2:
+    def crashing_step(batch, weights, epoch):
+        if epoch == crash:
             raise KeyboardInterrupt
         return original(batch, weights, epoch)
 
-    interrupted._step = crash_in_third_epoch
+    interrupted._step = crashing_step
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(data)
 
     # A new process: a differently initialised model, restored from the checkpoint.
     resumed = Trainer(_model(99), cfg, tmp_path / "cut", progress=False)
     history = resumed.fit(data)
-    assert resumed.start_epoch == 2
+    assert resumed.start_epoch == crash
     assert [h["total"] for h in history] == [h["total"] for h in full_history]
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
@@ -336,3 +337,29 @@ def test_outside_mask_reconstruction_ignores_a_labelled_defect_s_pixels():
     inside[:, :, 8:14, 8:14] = 1.0
     outside[:, :, 20:26, 20:26] = 1.0
     assert torch.equal(recon(inside), recon(x)) and not torch.allclose(recon(outside), recon(x))
+
+
+def test_swa_validates_keeps_and_ships_the_mean_of_the_second_half_s_epoch_end_weights():
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, batch_size=8, seed=3, swa=True, keep_best=False)
+    trainer = Trainer(_model(0), cfg, progress=False)
+    ends, run_epoch = [], trainer.run_epoch
+
+    def recording(data, epoch):
+        record = run_epoch(data, epoch)
+        ends.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return record
+
+    seen = []
+    trainer.run_epoch = recording
+    trainer.on_epoch_end = lambda epoch, record: seen.append(
+        {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}) or {}
+    trainer.fit(_tiny_data())
+    assert selection_start(cfg) == 2
+    name = next(n for n, p in trainer.model.named_parameters() if p.ndim == 4)
+    mean = (ends[2][name] + ends[3][name]) / 2
+    assert torch.equal(seen[0][name], ends[0][name]) and torch.equal(seen[1][name], ends[1][name])  # not begun
+    assert torch.equal(seen[2][name], ends[2][name]) and torch.allclose(seen[3][name], mean, atol=1e-6)
+    assert torch.allclose(trainer.model.state_dict()[name], mean, atol=1e-6)  # shipped
+    assert not torch.allclose(mean, ends[3][name])
+    with pytest.raises(ValueError, match="swa or ema_decay"):
+        TrainConfig(swa=True, ema_decay=0.99)
