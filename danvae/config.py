@@ -120,6 +120,9 @@ class TrainConfig(_Strict):
         4, ge=1, le=100,
         description="passes over the labelled anomalies per epoch after warm-up (reference: 1)",
     )
+    anomaly_budget: float | None = Field(
+        0.5, gt=0, description="anomaly images per epoch at most this share of the normal images: with many "
+                               "labelled anomalies, fewer passes than anomaly_repeats (at least one); None = no cap")
     anomaly_steps: Literal["phase", "interleaved"] = Field(
         "phase", description="when an epoch's anomaly batches run: phase = all before its normal batches; "
                              "interleaved = spread evenly among them")

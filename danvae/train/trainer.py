@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,6 +88,14 @@ def _weight_average(model: AnomalyVAE, cfg: TrainConfig) -> AveragedModel | None
     if cfg.swa:
         return AveragedModel(model, use_buffers=True)
     return None
+
+
+def anomaly_passes(cfg: TrainConfig, anomalies: int, normals: int) -> int:
+    """Passes over the labelled anomalies per epoch: ``anomaly_repeats``, cut so that they show at
+    most ``anomaly_budget`` × the normal images (at least one pass)."""
+    if cfg.anomaly_budget is None or not anomalies:
+        return cfg.anomaly_repeats
+    return max(1, min(cfg.anomaly_repeats, math.floor(cfg.anomaly_budget * normals / anomalies + 1e-9)))
 
 
 def _optimizer(model: AnomalyVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -229,7 +238,7 @@ class Trainer:
         crop = self.augmenter.crops(data.images.shape[-1]) and data.has_mask is not None
         masked = (data.has_mask[anomalies] if crop and data.has_mask is not None
                   else torch.zeros(len(anomalies), dtype=torch.bool))
-        for _ in range(self.cfg.anomaly_repeats):
+        for _ in range(anomaly_passes(self.cfg, len(anomalies), len(data.anomaly) - len(anomalies))):
             for members, around in ((anomalies[masked], True), (anomalies[~masked], False)):
                 order = members[torch.randperm(len(members), generator=order_gen)]
                 for idx in self._local_batches(order):

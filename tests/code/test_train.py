@@ -277,7 +277,8 @@ def test_anomaly_steps_run_first_or_spread_over_the_epoch_with_the_decoder_froze
     masks = np.zeros((30, 32, 32), bool)
     masks[22:, 3:10, 5:12] = True
     data = TrainingData.from_arrays(imgs, np.full(30, 0.5), anomaly, masks=masks)
-    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=2, batch_size=4, anomaly_steps=how)
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=2, batch_size=4, anomaly_steps=how,
+                      anomaly_budget=None)
     trainer = Trainer(_model(0), cfg, progress=False)
     kinds, step = [], trainer._step
 
@@ -363,3 +364,26 @@ def test_swa_validates_keeps_and_ships_the_mean_of_the_second_half_s_epoch_end_w
     assert not torch.allclose(mean, ends[3][name])
     with pytest.raises(ValueError, match="swa or ema_decay"):
         TrainConfig(swa=True, ema_decay=0.99)
+
+
+def test_the_anomaly_budget_cuts_the_passes_over_many_labelled_anomalies():
+    from danvae.train.trainer import anomaly_passes
+
+    cfg = TrainConfig(anomaly_repeats=4, anomaly_budget=0.5)
+    assert anomaly_passes(cfg, 48, 480) == 4 and anomaly_passes(cfg, 96, 480) == 2
+    assert anomaly_passes(cfg, 16, 480) == 4 and anomaly_passes(cfg, 144, 480) == 1
+    assert anomaly_passes(cfg, 400, 100) == 1  # at least one pass
+    assert anomaly_passes(cfg.model_copy(update={"anomaly_budget": None}), 144, 480) == 4
+
+    from danvae.train import TrainingData
+
+    rng = np.random.default_rng(6)
+    imgs = rng.integers(60, 200, (30, 32, 32, 3), dtype=np.uint8)
+    data = TrainingData.from_arrays(imgs, np.full(30, 0.5), np.arange(30) >= 20)  # 20 normals, 10 anomalies
+    for budget, passes in ((None, 3), (1.0, 2)):
+        trainer = Trainer(_model(0), TrainConfig(epochs=1, warmup_epochs=0, crop=None, anomaly_repeats=3,
+                                                 batch_size=10, anomaly_budget=budget), progress=False)
+        seen, step = [], trainer._step
+        trainer._step = lambda batch, *a: seen.append(int(batch.anomaly.sum())) or step(batch, *a)
+        trainer.run_epoch(data, 0)
+        assert sum(seen) == 10 * passes
