@@ -1,8 +1,10 @@
-"""What changes from epoch to epoch: the β warm-up, the learning rate, the loss weights, and the
-first epoch whose weights may be kept."""
+"""What changes from epoch to epoch: the β warm-up, the learning rate, the loss weights, the
+first epoch whose weights may be kept, and how an epoch's anomaly steps fall among its normal ones."""
 from __future__ import annotations
 
 import math
+
+import torch
 
 from danvae.config import TrainConfig
 from danvae.models.base import LossWeights
@@ -40,3 +42,21 @@ def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -
     alpha = cfg.alpha if cfg.alpha is not None else default_alpha(channels, image_size)
     return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha,
                        focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
+
+
+def anomaly_passes(cfg: TrainConfig, anomalies: int, normals: int) -> int:
+    """Passes over the labelled anomalies per epoch: ``anomaly_repeats``, cut so that they show at
+    most ``anomaly_budget`` × the normal images (at least one pass)."""
+    if cfg.anomaly_budget is None or not anomalies:
+        return cfg.anomaly_repeats
+    return max(1, min(cfg.anomaly_repeats, math.floor(cfg.anomaly_budget * normals / anomalies + 1e-9)))
+
+
+def interleave(anomaly_batches: list[tuple[torch.Tensor, bool]], normal_batches: list[torch.Tensor]
+               ) -> list[tuple[torch.Tensor, bool | None]]:
+    """Anomaly batches (with their crop flag) spread evenly among normal batches (flag None): each
+    kind sorted by the middle of its slot in the epoch, with no random draw."""
+    steps: list[tuple[torch.Tensor, bool | None]] = [*anomaly_batches, *[(b, None) for b in normal_batches]]
+    slot = [(i + 0.5) / len(anomaly_batches) for i in range(len(anomaly_batches))]
+    slot += [(j + 0.5) / len(normal_batches) for j in range(len(normal_batches))]
+    return [steps[k] for k in sorted(range(len(steps)), key=slot.__getitem__)]

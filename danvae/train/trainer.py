@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.train.augmentation import BatchAugmenter
 from danvae.train.checkpoints import check_fits
 from danvae.train.data import TrainingData
-from danvae.train.schedule import learning_rate, loss_weights, selection_start
+from danvae.train.schedule import anomaly_passes, interleave, learning_rate, loss_weights, selection_start
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +67,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-
-def interleave(anomaly_batches: list[tuple[torch.Tensor, bool]], normal_batches: list[torch.Tensor]
-               ) -> list[tuple[torch.Tensor, bool | None]]:
-    """Anomaly batches (with their crop flag) spread evenly among normal batches (flag None): each
-    kind sorted by the middle of its slot in the epoch, with no random draw."""
-    steps: list[tuple[torch.Tensor, bool | None]] = [*anomaly_batches, *[(b, None) for b in normal_batches]]
-    slot = [(i + 0.5) / len(anomaly_batches) for i in range(len(anomaly_batches))]
-    slot += [(j + 0.5) / len(normal_batches) for j in range(len(normal_batches))]
-    return [steps[k] for k in sorted(range(len(steps)), key=slot.__getitem__)]
-
-
 def _weight_average(model: AnomalyVAE, cfg: TrainConfig) -> AveragedModel | None:
     """An exponential moving average of the weights per step (``ema_decay``), or the plain mean
     of the weights at the end of each epoch keep_best may choose from (``swa``); buffers (the
@@ -88,14 +76,6 @@ def _weight_average(model: AnomalyVAE, cfg: TrainConfig) -> AveragedModel | None
     if cfg.swa:
         return AveragedModel(model, use_buffers=True)
     return None
-
-
-def anomaly_passes(cfg: TrainConfig, anomalies: int, normals: int) -> int:
-    """Passes over the labelled anomalies per epoch: ``anomaly_repeats``, cut so that they show at
-    most ``anomaly_budget`` × the normal images (at least one pass)."""
-    if cfg.anomaly_budget is None or not anomalies:
-        return cfg.anomaly_repeats
-    return max(1, min(cfg.anomaly_repeats, math.floor(cfg.anomaly_budget * normals / anomalies + 1e-9)))
 
 
 def _optimizer(model: AnomalyVAE, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -367,7 +367,7 @@ def test_swa_validates_keeps_and_ships_the_mean_of_the_second_half_s_epoch_end_w
 
 
 def test_the_anomaly_budget_cuts_the_passes_over_many_labelled_anomalies():
-    from danvae.train.trainer import anomaly_passes
+    from danvae.train.schedule import anomaly_passes
 
     cfg = TrainConfig(anomaly_repeats=4, anomaly_budget=0.5)
     assert anomaly_passes(cfg, 48, 480) == 4 and anomaly_passes(cfg, 96, 480) == 2
