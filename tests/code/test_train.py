@@ -8,7 +8,7 @@ import torch
 from danvae.config import ModelConfig, TrainConfig
 from danvae.models import build_model
 from danvae.holdout import validation_epochs
-from danvae.train import Trainer, TrainingDiverged, selection_start
+from danvae.train import Trainer, TrainingData, TrainingDiverged, selection_start
 from tests.code.test_models import _tiny_data
 
 CFG = TrainConfig(epochs=4, warmup_epochs=2, batch_size=8, seed=3)
@@ -17,6 +17,23 @@ CFG = TrainConfig(epochs=4, warmup_epochs=2, batch_size=8, seed=3)
 def _model(seed: int):
     torch.manual_seed(seed)
     return build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, 32)
+
+
+def _labelled_data(n: int, anomalies: int, seed: int, rows: slice, cols: slice, masks: bool = True) -> TrainingData:
+    """``n`` random 32-px images, the last ``anomalies`` of them labelled, with a box mask there."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(60, 200, (n, 32, 32, 3), dtype=np.uint8)
+    anomaly = np.arange(n) >= n - anomalies
+    box = np.zeros((n, 32, 32), bool)
+    box[n - anomalies:, rows, cols] = True
+    return TrainingData.from_arrays(imgs, np.full(n, 0.5), anomaly, masks=box if masks else None)
+
+
+def _record_batches(trainer: Trainer) -> list:
+    """The batches ``trainer`` steps on from now, in order."""
+    seen, step = [], trainer._step
+    trainer._step = lambda batch, *a: seen.append(batch) or step(batch, *a)
+    return seen
 
 
 @pytest.mark.parametrize("crop, average, crash", [(None, {}, 2), (16, {}, 2), (16, {"ema_decay": 0.9}, 2),
@@ -71,9 +88,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_losses_fall_during_training():
-
     from danvae.data.synthetic import DIFFICULTIES, render_surface
-    from danvae.train import TrainingData
 
     rng = np.random.default_rng(0)
     imgs = np.stack([render_surface(rng, 32, "wood", None, 0.9, DIFFICULTIES["easy"]).image for _ in range(48)])
@@ -84,9 +99,6 @@ def test_losses_fall_during_training():
 
 
 def test_labelled_anomalies_train_on_crops_that_keep_their_defect():
-
-    from danvae.train import TrainingData
-
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
     masks = np.zeros((6, 64, 64), bool)
@@ -152,9 +164,6 @@ def test_an_unusable_checkpoint_is_set_aside_and_training_starts_afresh(tmp_path
 
 
 def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks_are_known():
-
-    from danvae.train import TrainingData
-
     rng = np.random.default_rng(1)
     imgs = rng.integers(60, 200, (10, 32, 32, 3), dtype=np.uint8)
     masks = np.zeros((10, 32, 32), bool)
@@ -176,21 +185,11 @@ def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_labelled_anomalies_are_relit_in_the_anomaly_phase_as_configured(share):
-
-    from danvae.train import TrainingData
-
-    rng = np.random.default_rng(2)
-    imgs = rng.integers(60, 200, (12, 32, 32, 3), dtype=np.uint8)
-    anomaly = np.arange(12) >= 8
-    masks = np.zeros((12, 32, 32), bool)
-    masks[8:, 4:9, 6:20] = True
-    data = TrainingData.from_arrays(imgs, np.full(12, 0.5), anomaly, masks=masks)
+    data = _labelled_data(12, 4, 2, slice(4, 9), slice(6, 20))
     cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=None, anomaly_repeats=1, batch_size=4)
     cfg = cfg.model_copy(update={"lighting": cfg.lighting.model_copy(update={"anomaly_share": share})})
     trainer = Trainer(_model(0), cfg, progress=False)
-    seen = []
-    step = trainer._step
-    trainer._step = lambda batch, *a: seen.append(batch) or step(batch, *a)
+    seen = _record_batches(trainer)
     trainer.run_epoch(data, 0)
     anomalous = [b for b in seen if b.anomaly.all()]
     assert len(anomalous) == 1
@@ -269,14 +268,7 @@ def test_head_weight_decay_shrinks_the_anomaly_head_only():
 
 @pytest.mark.parametrize("how", ["phase", "interleaved"])
 def test_anomaly_steps_run_first_or_spread_over_the_epoch_with_the_decoder_frozen(how):
-    from danvae.train import TrainingData
-
-    rng = np.random.default_rng(4)
-    imgs = rng.integers(60, 200, (30, 32, 32, 3), dtype=np.uint8)
-    anomaly = np.arange(30) >= 22
-    masks = np.zeros((30, 32, 32), bool)
-    masks[22:, 3:10, 5:12] = True
-    data = TrainingData.from_arrays(imgs, np.full(30, 0.5), anomaly, masks=masks)
+    data = _labelled_data(30, 8, 4, slice(3, 10), slice(5, 12))
     cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=2, batch_size=4, anomaly_steps=how,
                       anomaly_budget=None)
     trainer = Trainer(_model(0), cfg, progress=False)
@@ -301,19 +293,12 @@ def test_outside_mask_reconstruction_ignores_a_labelled_defect_s_pixels():
     """``anomaly_recon: outside_mask``: the anomaly batches carry their defect mask as unknown
     pixels, and no change of the image there moves the reconstruction term."""
     from danvae.models.base import Batch
-    from danvae.train import TrainingData
 
-    rng = np.random.default_rng(5)
-    imgs = rng.integers(60, 200, (20, 32, 32, 3), dtype=np.uint8)
-    anomaly = np.arange(20) >= 16
-    masks = np.zeros((20, 32, 32), bool)
-    masks[16:, 10:16, 12:20] = True
-    data = TrainingData.from_arrays(imgs, np.full(20, 0.5), anomaly, masks=masks)
+    data = _labelled_data(20, 4, 5, slice(10, 16), slice(12, 20))
     for recon, carries in (("all", False), ("outside_mask", True)):
         cfg = TrainConfig(epochs=1, warmup_epochs=0, crop=16, anomaly_repeats=1, batch_size=4, anomaly_recon=recon)
         trainer = Trainer(_model(0), cfg, progress=False)
-        seen, step = [], trainer._step
-        trainer._step = lambda batch, *a: seen.append(batch) or step(batch, *a)
+        seen = _record_batches(trainer)
         trainer.run_epoch(data, 0)
         anomalous = [b for b in seen if b.anomaly.all()]
         assert len(anomalous) == 1 and all(b.unknown is None for b in seen if not b.anomaly.any())
@@ -375,15 +360,10 @@ def test_the_anomaly_budget_cuts_the_passes_over_many_labelled_anomalies():
     assert anomaly_passes(cfg, 400, 100) == 1  # at least one pass
     assert anomaly_passes(cfg.model_copy(update={"anomaly_budget": None}), 144, 480) == 4
 
-    from danvae.train import TrainingData
-
-    rng = np.random.default_rng(6)
-    imgs = rng.integers(60, 200, (30, 32, 32, 3), dtype=np.uint8)
-    data = TrainingData.from_arrays(imgs, np.full(30, 0.5), np.arange(30) >= 20)  # 20 normals, 10 anomalies
+    data = _labelled_data(30, 10, 6, slice(0), slice(0), masks=False)  # 20 normals, 10 anomalies
     for budget, passes in ((None, 3), (1.0, 2)):
         trainer = Trainer(_model(0), TrainConfig(epochs=1, warmup_epochs=0, crop=None, anomaly_repeats=3,
                                                  batch_size=10, anomaly_budget=budget), progress=False)
-        seen, step = [], trainer._step
-        trainer._step = lambda batch, *a: seen.append(int(batch.anomaly.sum())) or step(batch, *a)
+        seen = _record_batches(trainer)
         trainer.run_epoch(data, 0)
-        assert sum(seen) == 10 * passes
+        assert sum(int(b.anomaly.sum()) for b in seen) == 10 * passes
