@@ -24,9 +24,10 @@ TRAIN = ["--epochs", str(EPOCHS), "--warmup-epochs", "2", "--image-size", "32", 
          "--quiet"]
 # Mean gap, over epochs, between the losses of 2 processes and of 1 with the same global batch, in
 # units of how far the one-process loss moves: the ranks draw their own augmentations, so the curves
-# differ as runs with other seeds do (single-process seeds 0 / 1 / 2 on these images, 8 epochs:
-# 0.16-0.17). Not relative to each epoch's loss, which crosses zero (a calibrated likelihood's log σ²).
-LOSS_TOLERANCE = 0.25
+# differ as runs with other seeds do (single-process seeds 0 / 1 / 2 on these images, 8 epochs, each
+# pair both ways: 0.15-0.39 since train.anomaly_budget halved the anomaly passes here; 0.16-0.17 before).
+# Not relative to each epoch's loss, which crosses zero (a calibrated likelihood's log σ²).
+LOSS_TOLERANCE = 0.4
 
 PROBE = '''
 import contextlib, json, os, sys
