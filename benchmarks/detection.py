@@ -5,6 +5,7 @@ freshly generated test images (embedded generator, 4 materials, dark tail).
     python benchmarks/detection.py --variants danvae vae danvae-global --seeds 0 1 2 \\
         --difficulty default --epochs 30 --out benchmarks/results/detection.jsonl
     python benchmarks/detection.py --lofo --variants danvae --seeds 0   # leave one defect family out
+    python benchmarks/detection.py --world heldout --variants danvae vae --seeds 0 1   # unseen world
     python benchmarks/detection.py --summarize benchmarks/results/detection.jsonl
 
 Train, validation and test images come from different generator seeds. Each run appends
@@ -15,6 +16,10 @@ quintile of 1,000 images holds about 200, whose AUROC near 0.8 has a standard er
 about 0.037 (Hanley–McNeil), more than the differences being measured; of 3,000, about
 0.021. ``--save-dir`` keeps each trained detector and ``--load-dir`` scores saved ones on
 another test set without training again; ``--test-seed`` scores on another seed's test set.
+
+``--world heldout`` draws every set from ``heldout_surfaces.py`` instead: five materials, five
+defect kinds, a darker tail and a camera that no part of the project was built or tuned on
+(train, validation and test all from that world, as a user with a new product would have).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from danvae.config import LightingConfig, ModelConfig, ScoreConfig, SyntheticDef
 from danvae.data.synthetic import DEFECTS, MATERIALS, as_difficulty, render_surface, sample_lighting
 from danvae.evaluation.disentanglement import disentanglement_metrics
 from danvae.evaluation.metrics import evaluate_scores, pixel_auroc
+from heldout_surfaces import HELDOUT_DEFECTS, HELDOUT_MATERIALS, render_heldout, sample_heldout_lighting
 
 # name -> (model config, train overrides, use labelled anomalies)
 VARIANTS: dict[str, tuple[dict, dict, bool]] = {
@@ -59,19 +65,30 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
 UNLABELLED = {"danvae-unlabelled"}
 
 
+# the materials and defect families of each world the benchmark draws from
+WORLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "embedded": (MATERIALS, DEFECTS), "heldout": (HELDOUT_MATERIALS, HELDOUT_DEFECTS)}
+
+
 def make_set(n_normal: int, n_anomaly: int, seed: int, difficulty: str, size: int, dark_share: float,
-             defects: tuple[str, ...] = DEFECTS) -> dict:
+             defects: tuple[str, ...] = DEFECTS, world: str = "embedded") -> dict:
     """Images, labels, masks, material, defect and lighting, rendered in memory."""
     rng = np.random.default_rng(seed)
     d = as_difficulty(difficulty)
-    rows = []
+    materials = WORLDS[world][0]
+    images, masks, mats, kinds = [], [], [], []
     for i in range(n_normal + n_anomaly):
         defect = None if i < n_normal else defects[rng.integers(len(defects))]
-        material = MATERIALS[rng.integers(len(MATERIALS))]
-        rows.append(render_surface(rng, size, material, defect, sample_lighting(rng, dark_share), d))
-    return {"images": np.stack([r.image for r in rows]), "anomaly": np.array([r.defect is not None for r in rows]),
-            "masks": np.stack([r.mask for r in rows]), "material": np.array([r.material for r in rows]),
-            "defect": np.array([r.defect or "" for r in rows])}
+        material = materials[rng.integers(len(materials))]
+        if world == "heldout":
+            image, mask = render_heldout(rng, size, material, defect, sample_heldout_lighting(rng, dark_share))
+        else:
+            r = render_surface(rng, size, material, defect, sample_lighting(rng, dark_share), d)
+            image, mask = r.image, r.mask
+        images.append(image), masks.append(mask), mats.append(material), kinds.append(defect or "")
+    kind = np.array(kinds)
+    return {"images": np.stack(images), "anomaly": kind != "", "masks": np.stack(masks),
+            "material": np.array(mats), "defect": kind}
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -80,33 +97,36 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if labels.any() and (~labels).any() else None
 
 
-def _generator_seed(seed: int, difficulty: str) -> int:
+def _generator_seed(seed: int, difficulty: str, world: str = "embedded") -> int:
     """The generator seed a run's sets are drawn from: +1 training, +2 validation, +3 test."""
-    return 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[difficulty]
+    return 1000 * seed + {"easy": 0, "default": 100, "hard": 200}[difficulty] + (500 if world == "heldout" else 0)
 
 
-def saved_name(variant: str, tag: str, seed: int, difficulty: str) -> str:
-    return f"{variant}{'-' + tag if tag else ''}-s{seed}-{difficulty}"
+def saved_name(variant: str, tag: str, seed: int, difficulty: str, world: str = "embedded") -> str:
+    return f"{variant}{'-' + tag if tag else ''}-s{seed}-{difficulty}{'-heldout' if world == 'heldout' else ''}"
 
 
 def run(variant: str, seed: int, args) -> dict:
     model_kw, train_kw, labelled = VARIANTS[variant]
-    base = _generator_seed(seed, args.difficulty)
+    world = args.world
+    materials, families = WORLDS[world]
+    base = _generator_seed(seed, args.difficulty, world)
     test_seed = seed if args.test_seed is None else args.test_seed
     held_out = (args.lofo,) if args.lofo else ()
-    seen = tuple(f for f in DEFECTS if f not in held_out)
+    seen = tuple(f for f in families if f not in held_out)
     n_train_anom = args.train_anomalies if labelled else 0
-    train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, args.dark_share, seen)
+    dark = args.dark_share
+    train = make_set(args.train_normals, n_train_anom, base + 1, args.difficulty, args.size, dark, seen, world)
     n_val_anom = 0 if variant in UNLABELLED else args.val_anomalies
-    val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, args.dark_share, seen)
-    test = make_set(args.test_normals, args.test_anomalies, _generator_seed(test_seed, args.difficulty) + 3,
-                    args.difficulty, args.size, args.dark_share, held_out or DEFECTS)
+    val = make_set(args.val_normals, n_val_anom, base + 2, args.difficulty, args.size, dark, seen, world)
+    test = make_set(args.test_normals, args.test_anomalies, _generator_seed(test_seed, args.difficulty, world) + 3,
+                    args.difficulty, args.size, dark, held_out or families, world)
     model = ModelConfig(**{**model_kw, **json.loads(args.model_json)})
     train_cfg = TrainConfig(epochs=args.epochs, warmup_epochs=min(args.warmup, args.epochs), seed=seed,
                             threads=args.threads, **{**train_kw, **json.loads(args.train_json)})
     seconds: float | None = None
     if args.load_dir:  # a detector saved by an earlier run (--save-dir), scored on this run's test set
-        det = Detector.load(args.load_dir / saved_name(variant, args.load_tag, seed, args.difficulty))
+        det = Detector.load(args.load_dir / saved_name(variant, args.load_tag, seed, args.difficulty, world))
         if args.recalibrate:  # the score kind, brightness trend and threshold as this code fits them
             det.score_config = ScoreConfig(**{**det.score_config.model_dump(), **json.loads(args.score_json)})
             det.calibrate(val["images"], val["anomaly"])
@@ -117,7 +137,7 @@ def run(variant: str, seed: int, args) -> dict:
                 val_is_anomaly=val["anomaly"], progress=False)
         seconds = round(time.perf_counter() - t0, 1)
     if args.save_dir:
-        det.save(args.save_dir / saved_name(variant, args.tag, seed, args.difficulty))
+        det.save(args.save_dir / saved_name(variant, args.tag, seed, args.difficulty, world))
     table, maps = det.score_table(test["images"], heatmaps=True)
     labels = test["anomaly"]
     table["label"] = np.where(labels, "anomaly", "normal")
@@ -132,7 +152,8 @@ def run(variant: str, seed: int, args) -> dict:
     unadjusted = evaluate_scores(table.assign(score=table[det.score_kind]), "score")
     return {
         "variant": variant + (f"[{args.tag}]" if args.tag else ""), "seed": seed,
-        "val_history": [h.get("val_auroc") for h in det.history], "difficulty": args.difficulty, "epochs": args.epochs, "size": args.size,
+        "val_history": [h.get("val_auroc") for h in det.history], "world": world, "difficulty": args.difficulty,
+        "dark_share": dark, "epochs": args.epochs, "size": args.size,
         "lofo": args.lofo, "test_seed": test_seed, "n_test": int(len(labels)), "n_test_anomalies": int(labels.sum()),
         "score_kind": det.score_kind, "kind_choice": det.kind_choice, "best_epoch": det.best_epoch,
         "val_auroc": det.val_aurocs.get(det.score_kind), "val_interval": det.val_auroc_interval,
@@ -140,8 +161,8 @@ def run(variant: str, seed: int, args) -> dict:
         "fpr_dark": overall.get("fpr_darkest"), "rho_normal": overall.get("brightness_spearman_normal"),
         "unadjusted": {"auroc": unadjusted["auroc"], "auroc_dark": unadjusted["auroc_by_brightness"][0],
                        "rho_normal": unadjusted.get("brightness_spearman_normal")},
-        "auroc_by_kind": kinds, "auroc_by_material": per("material", MATERIALS),
-        "auroc_by_defect": per("defect", held_out or DEFECTS),
+        "auroc_by_kind": kinds, "auroc_by_material": per("material", materials),
+        "auroc_by_defect": per("defect", held_out or families),
         "pixel_auroc": pixel_auroc(maps[anomalous | ~labels], test["masks"][anomalous | ~labels]),
         "r2_zx": ent.get("r2_zx"), "r2_zy": ent.get("r2_zy"), "train_seconds": seconds,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -152,8 +173,9 @@ def summarize(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     df = pd.DataFrame(rows)
     df["lofo"] = df["lofo"].fillna("")
-    out = ["| difficulty | held-out family | variant | seeds | test images | AUROC | darkest quintile | FPR dark normals | ρ(score, brightness) | pixel AUROC | R² z_x | R² z_y | score kind | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    df["world"] = df["world"].fillna("embedded") if "world" in df else "embedded"
+    out = ["| world | difficulty | held-out family | variant | seeds | test images | AUROC | darkest quintile | FPR dark normals | ρ(score, brightness) | pixel AUROC | R² z_x | R² z_y | score kind | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(s: pd.Series) -> str:
         s = pd.to_numeric(s, errors="coerce").dropna()
@@ -161,9 +183,9 @@ def summarize(path: Path) -> str:
             return "–"
         return f"{s.mean():.3f}" + (f" ± {s.std(ddof=1):.3f}" if len(s) > 1 else "")
 
-    for (diff, lofo, variant), g in df.groupby(["difficulty", "lofo", "variant"], sort=False):
+    for (world, diff, lofo, variant), g in df.groupby(["world", "difficulty", "lofo", "variant"], sort=False):
         sizes = "/".join(str(n) for n in sorted(set(g["n_test"])))
-        out.append(f"| {diff} | {lofo or '–'} | {variant} | {len(g)} | {sizes} | {ms(g['auroc'])} | {ms(g['auroc_dark'])} | "
+        out.append(f"| {world} | {diff} | {lofo or '–'} | {variant} | {len(g)} | {sizes} | {ms(g['auroc'])} | {ms(g['auroc_dark'])} | "
                    f"{ms(g['fpr_dark'])} | {ms(g['rho_normal'])} | {ms(g['pixel_auroc'])} | {ms(g['r2_zx'])} | "
                    f"{ms(g['r2_zy'])} | {', '.join(sorted(set(g['score_kind'])))} | {ms(g['train_seconds'])} |")
     return "\n".join(out)
@@ -174,11 +196,15 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["danvae"], choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--difficulty", default="default", choices=["easy", "default", "hard"])
-    ap.add_argument("--lofo", default=None, choices=DEFECTS, help="hold this defect family out of training")
+    ap.add_argument("--world", default="embedded", choices=sorted(WORLDS),
+                    help="the surfaces every set is drawn from: the embedded generator or heldout_surfaces.py")
+    ap.add_argument("--lofo", default=None, choices=DEFECTS + HELDOUT_DEFECTS,
+                    help="hold this defect family (of the world's) out of training")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--dark-share", type=float, default=0.15)
+    ap.add_argument("--dark-share", type=float, default=None, help="share of dark images (default: 0.15 "
+                    "embedded, 0.2 heldout)")
     ap.add_argument("--train-normals", type=int, default=480)
     ap.add_argument("--train-anomalies", type=int, default=48)
     ap.add_argument("--val-normals", type=int, default=160)
@@ -202,6 +228,10 @@ def main() -> None:
     ap.add_argument("--recalibrate", action="store_true", help="with --load-dir: calibrate the loaded detectors "
                     "again on this run's validation set (a change of calibration, measured without retraining)")
     args = ap.parse_args()
+    if args.dark_share is None:
+        args.dark_share = 0.2 if args.world == "heldout" else 0.15
+    if args.lofo and args.lofo not in WORLDS[args.world][1]:
+        ap.error(f"--lofo {args.lofo} is not a defect family of the {args.world} world: {', '.join(WORLDS[args.world][1])}")
     if args.summarize:
         print(summarize(args.summarize))
         return
@@ -211,7 +241,7 @@ def main() -> None:
             result = run(variant, seed, args)
             with args.out.open("a") as fh:
                 fh.write(json.dumps(result) + "\n")
-            print(f"{variant} seed {seed} {args.difficulty}{' lofo ' + args.lofo if args.lofo else ''}: "
+            print(f"{variant} seed {seed} {args.world} {args.difficulty}{' lofo ' + args.lofo if args.lofo else ''}: "
                   f"AUROC {result['auroc']:.3f} (dark {result['auroc_dark'] or float('nan'):.3f}, "
                   f"{result['score_kind']}), pixel {result['pixel_auroc'] or float('nan'):.3f}, "
                   f"R² z_x {result['r2_zx'] if result['r2_zx'] is None else round(result['r2_zx'], 3)}, "
