@@ -203,8 +203,10 @@ def render_heldout(rng: np.random.Generator, size: int, material: str, defect: s
     cast = 1 + cam_rng.uniform(-0.08, 0.08, 3)
     signal = img * (lighting * vignette)[..., None] * cast
     electrons = cam_rng.uniform(200, 600)  # full-scale photon count: shot noise grows with the signal
-    noisy = cam_rng.poisson(np.clip(signal, 0, None) * electrons) / electrons
-    noisy = noisy + cam_rng.normal(0, cam_rng.uniform(0.004, 0.01), noisy.shape)
+    read = cam_rng.uniform(0.004, 0.01)
+    # shot noise (its Gaussian limit, so that a defect-free twin draws the very same noise) and read noise
+    sigma = np.sqrt(np.clip(signal, 0, None) / electrons + read**2)
+    noisy = signal + sigma * cam_rng.standard_normal(signal.shape)
     pixels = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=int(cam_rng.integers(80, 96)))
