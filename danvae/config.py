@@ -78,6 +78,9 @@ class SyntheticDefectConfig(_Strict):
     denoise: bool = Field(True, description="the VAE reconstructs the clean image from the defective one (DRAEM)")
     transplant: float = Field(0.5, ge=0, le=1, description="share of those defects that are real labelled defects "
                               "moved onto the normal (when labelled anomalies have masks)")
+    transplant_background: Literal["local_mean", "matched"] = Field(
+        "local_mean", description="what a labelled defect's change is taken relative to: the local mean around it, "
+        "or the best-matching patch of the same image (its texture without the defect)")
     transplant_strength: tuple[float, float] = Field(
         (1.0, 1.0), description="range of the power a transplanted defect's relative change is raised to "
         "(below 1: fainter than the original)")

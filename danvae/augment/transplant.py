@@ -11,13 +11,23 @@ on a dim one and the surface texture under the defect comes from the receiving i
 Each paste takes a random defect of the bank, a random flip and quarter turn, a random
 place and, with a ``strength`` range, a random power of its relative change (below 1: a
 fainter copy of the same defect); pixels change only inside the pasted mask.
+
+The background is by default the local mean around the defect, so the relative change also
+holds the donor surface's own texture under the defect (harmless where a defect scales the
+texture, a stray copy of the donor's texture where it replaces it). With
+``background="matched"`` it is instead the patch of the same image whose ring around the
+defect best matches the defect's own ring (a texture repeats itself; the defect does not):
+the relative change is then the defect's alone.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 _BACKGROUND_KERNEL = 9
+_CANDIDATES = 4096  # windows compared when matching a defect's surroundings
 _FLOOR = 0.02  # added to pixel and background, so near-black backgrounds do not turn noise into huge ratios
 
 
@@ -28,6 +38,38 @@ def _local_background(x: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tens
     den = F.avg_pool2d(keep[None].float(), k, stride=1, padding=k // 2, count_include_pad=False)[0]
     fallback = (x * keep).flatten(1).sum(1) / keep.sum().clamp(min=1)
     return torch.where(den > 0.05, num / den.clamp(min=1e-6), fallback[:, None, None])
+
+
+def _matched_background(x: torch.Tensor, m: torch.Tensor, box: tuple[int, int, int, int], ring: int
+                        ) -> torch.Tensor | None:
+    """What the surface of ``x`` (C×H×W) would look like under the defect in ``box`` (t, u, b, r):
+    the window elsewhere in the image whose pixels around the defect's mask ``m`` (H×W) best
+    match the defect's own (least squares), its gain matched; None when no window fits."""
+    c, h, w = x.shape
+    t, u, b, r = max(box[0] - ring, 0), max(box[1] - ring, 0), min(box[2] + ring, h), min(box[3] + ring, w)
+    wh, ww = b - t, r - u
+    if wh > h // 2 + 1 and ww > w // 2 + 1:
+        return None
+    near = F.max_pool2d(m[None, None].float(), 2 * ring + 1, stride=1, padding=ring)[0, 0].bool()
+    around = (near & ~m)[t:b, u:r].float()
+    if around.sum() < 4:
+        return None
+    own = x[:, t:b, u:r]
+    # every window of the image, or every s-th on large images (at most about _CANDIDATES)
+    step = max(1, math.ceil(math.sqrt((h - wh + 1) * (w - ww + 1) / _CANDIDATES)))
+    windows = F.unfold(x[None], (wh, ww), stride=step).view(c, wh, ww, -1)
+    ys = torch.arange(0, h - wh + 1, step).repeat_interleave(len(range(0, w - ww + 1, step)))
+    xs = torch.arange(0, w - ww + 1, step).repeat(len(range(0, h - wh + 1, step)))
+    clear = (ys + wh <= t) | (ys >= b) | (xs + ww <= u) | (xs >= r)  # windows that do not overlap the defect
+    if not clear.any():
+        return None
+    weight = around[None, :, :, None]
+    gain = (own[..., None] * weight).sum((0, 1, 2)) / ((windows * weight).sum((0, 1, 2)) + 1e-6)
+    cost = ((windows * gain - own[..., None]).pow(2) * weight).sum((0, 1, 2))
+    best = int(torch.where(clear, cost, torch.full_like(cost, float("inf"))).argmin())
+    background = x.clone()
+    background[:, t:b, u:r] = windows[..., best] * gain[best]
+    return background
 
 
 class DefectBank:
@@ -41,8 +83,12 @@ class DefectBank:
         return len(self.masks)
 
     @classmethod
-    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor) -> "DefectBank":
-        """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped."""
+    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor, background: str = "local_mean"
+                       ) -> "DefectBank":
+        """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped.
+        ``background``: ``local_mean`` or ``matched`` (see the module's docstring)."""
+        if background not in ("local_mean", "matched"):
+            raise ValueError(f"background must be local_mean or matched, got {background!r}")
         ratios, kept = [], []
         for x, m in zip(images.float(), masks.bool()):
             pts = torch.nonzero(m)
@@ -50,8 +96,9 @@ class DefectBank:
                 continue
             (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
             k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)
-            background = _local_background(x, ~m, k)
-            ratio = torch.where(m[None], (x + _FLOOR) / (background + _FLOOR), torch.ones_like(x))
+            matched = _matched_background(x, m, (t, u, b, r), 3) if background == "matched" else None
+            background_ = _local_background(x, ~m, k) if matched is None else matched
+            ratio = torch.where(m[None], (x + _FLOOR) / (background_ + _FLOOR), torch.ones_like(x))
             ratios.append(ratio[:, t:b, u:r].clamp(0.05, 8.0))
             kept.append(m[t:b, u:r].clone())
         return cls(ratios, kept)

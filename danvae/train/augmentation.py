@@ -26,7 +26,8 @@ class BatchAugmenter:
         if not self.has_head or data.has_mask is None or data.masks is None or self.cfg.synthetic.transplant == 0:
             return None
         known = torch.nonzero(data.has_mask).flatten()
-        bank = DefectBank.from_anomalies(data.images[known].float().div(255.0), data.masks[known])
+        bank = DefectBank.from_anomalies(data.images[known].float().div(255.0), data.masks[known],
+                                         self.cfg.synthetic.transplant_background)
         return bank if len(bank) else None
 
     def crops(self, side: int) -> bool:

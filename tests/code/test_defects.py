@@ -121,3 +121,25 @@ def test_an_empty_bank_says_so():
     assert len(empty) == 0
     with pytest.raises(ValueError, match="no labelled anomaly has a mask"):
         empty.paste(_surfaces(2), torch.Generator())
+
+
+def test_a_matched_background_takes_the_defect_alone_off_a_repeating_texture():
+    """Stripes with a disc planted at 0.4×: relative to the best-matching patch of the same image
+    the disc's change is 0.4× everywhere; relative to the local mean it also holds the stripes."""
+    n, size = 4, 64
+    xx = torch.arange(size).float()
+    stripes = (0.5 + 0.3 * torch.cos(2 * torch.pi * xx / 5)).expand(n, 3, size, size).clone()
+    yy, xg = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.stack([(yy - 20 - 6 * i) ** 2 + (xg - 30 - 3 * i) ** 2 <= 16 for i in range(n)])
+    images = torch.where(masks[:, None], stripes * 0.4, stripes)
+    factor = (0.4 * stripes + 0.02) / (stripes + 0.02)  # what a defect-free background gives
+    for background, worst in (("matched", 0.02), ("local_mean", None)):
+        bank = DefectBank.from_anomalies(images, masks, background)
+        err = max(float((r[:, m] - factor[i][:, masks[i]].view(3, -1)).abs().max()) for i, (r, m) in
+                  enumerate(zip(bank.ratios, bank.masks)))
+        if worst is not None:
+            assert err < worst
+        else:
+            assert err > 0.2, "the local mean keeps the stripes in the ratio"
+    with pytest.raises(ValueError, match="background"):
+        DefectBank.from_anomalies(images, masks, "median")
