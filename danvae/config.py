@@ -81,6 +81,8 @@ class SyntheticDefectConfig(_Strict):
     transplant_background: Literal["local_mean", "matched"] = Field(
         "local_mean", description="what a labelled defect's change is taken relative to: the local mean around it, "
         "or the best-matching patch of the same image (its texture without the defect)")
+    transplant_margin: int = Field(0, ge=0, le=16, description="pixels cut around a labelled defect's mask when "
+                                   "it is transplanted (its change past a tight mask); the target stays the mask")
     transplant_strength: tuple[float, float] = Field(
         (1.0, 1.0), description="range of the power a transplanted defect's relative change is raised to "
         "(below 1: fainter than the original)")

@@ -17,7 +17,10 @@ holds the donor surface's own texture under the defect (harmless where a defect 
 texture, a stray copy of the donor's texture where it replaces it). With
 ``background="matched"`` it is instead the patch of the same image whose ring around the
 defect best matches the defect's own ring (a texture repeats itself; the defect does not):
-the relative change is then the defect's alone.
+the relative change is then the defect's alone. ``margin`` cuts each defect with that many
+pixels around its mask: a hand-drawn mask rarely holds all of a defect's change (a dent's
+shading reaches past it), and a cut at the mask's edge pastes a fragment. The pasted target
+stays the labelled mask; around it the matched background leaves unchanged pixels at 1.
 """
 from __future__ import annotations
 
@@ -75,33 +78,38 @@ def _matched_background(x: torch.Tensor, m: torch.Tensor, box: tuple[int, int, i
 class DefectBank:
     """The masked defects of labelled anomalies, as relative changes ready to paste."""
 
-    def __init__(self, ratios: list[torch.Tensor], masks: list[torch.Tensor]):
-        self.ratios = ratios  # each C×h×w: anomaly / its background inside the mask, 1 elsewhere
-        self.masks = masks  # each h×w bool
+    def __init__(self, ratios: list[torch.Tensor], masks: list[torch.Tensor], cuts: list[torch.Tensor] | None = None):
+        self.ratios = ratios  # each C×h×w: anomaly / its background inside the cut, 1 elsewhere
+        self.masks = masks  # each h×w bool: the labelled defect, the target pasted with it
+        self.cuts = masks if cuts is None else cuts  # each h×w bool: the pixels pasted (the mask and its margin)
 
     def __len__(self) -> int:
         return len(self.masks)
 
     @classmethod
-    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor, background: str = "local_mean"
-                       ) -> "DefectBank":
+    def from_anomalies(cls, images: torch.Tensor, masks: torch.Tensor, background: str = "local_mean",
+                       margin: int = 0) -> "DefectBank":
         """``images`` B×C×H×W in [0, 1], ``masks`` B×H×W bool; images with an empty mask are skipped.
-        ``background``: ``local_mean`` or ``matched`` (see the module's docstring)."""
+        ``background``: ``local_mean`` or ``matched``; ``margin``: pixels cut around each mask
+        (see the module's docstring)."""
         if background not in ("local_mean", "matched"):
             raise ValueError(f"background must be local_mean or matched, got {background!r}")
-        ratios, kept = [], []
+        ratios, kept, cuts = [], [], []
         for x, m in zip(images.float(), masks.bool()):
-            pts = torch.nonzero(m)
-            if not len(pts):
+            if not m.any():
                 continue
+            cut = (F.max_pool2d(m[None, None].float(), 2 * margin + 1, stride=1, padding=margin)[0, 0].bool()
+                   if margin else m)
+            pts = torch.nonzero(cut)
             (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
             k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)
-            matched = _matched_background(x, m, (t, u, b, r), 3) if background == "matched" else None
-            background_ = _local_background(x, ~m, k) if matched is None else matched
-            ratio = torch.where(m[None], (x + _FLOOR) / (background_ + _FLOOR), torch.ones_like(x))
+            matched = _matched_background(x, cut, (t, u, b, r), 3) if background == "matched" else None
+            background_ = _local_background(x, ~cut, k) if matched is None else matched
+            ratio = torch.where(cut[None], (x + _FLOOR) / (background_ + _FLOOR), torch.ones_like(x))
             ratios.append(ratio[:, t:b, u:r].clamp(0.05, 8.0))
             kept.append(m[t:b, u:r].clone())
-        return cls(ratios, kept)
+            cuts.append(cut[t:b, u:r].clone())
+        return cls(ratios, kept, cuts if margin else None)
 
     def paste(self, x: torch.Tensor, g: torch.Generator, strength: tuple[float, float] = (1.0, 1.0)
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +121,7 @@ class DefectBank:
         n, c, h, w = x.shape
         out = x.clone()
         mask = torch.zeros(n, h, w, dtype=torch.bool, device=x.device)
+        pasted = torch.zeros_like(mask)
         pick = torch.randint(len(self), (n,), generator=g).tolist()
         turns = torch.randint(4, (n,), generator=g).tolist()
         flips = (torch.rand(n, generator=g) < 0.5).tolist()
@@ -121,14 +130,14 @@ class DefectBank:
         # drawn only when asked for, so the default leaves the random stream as it was
         powers = (lo + (hi - lo) * torch.rand(n, generator=g)).tolist() if (lo, hi) != (1.0, 1.0) else [1.0] * n
         for i in range(n):
-            ratio, m = self.ratios[pick[i]].to(x.device), self.masks[pick[i]].to(x.device)
-            ratio, m = torch.rot90(ratio, turns[i], (-2, -1)), torch.rot90(m, turns[i], (-2, -1))
+            ratio, m, cut = (v[pick[i]].to(x.device) for v in (self.ratios, self.masks, self.cuts))
+            ratio, m, cut = (torch.rot90(v, turns[i], (-2, -1)) for v in (ratio, m, cut))
             if flips[i]:
-                ratio, m = ratio.flip(-1), m.flip(-1)
+                ratio, m, cut = ratio.flip(-1), m.flip(-1), cut.flip(-1)
             ph, pw = min(m.shape[0], h), min(m.shape[1], w)
             # a defect cut to the image keeps its centre part
             oy, ox = (m.shape[0] - ph) // 2, (m.shape[1] - pw) // 2
-            ratio, m = ratio[:, oy:oy + ph, ox:ox + pw], m[oy:oy + ph, ox:ox + pw]
+            ratio, m, cut = ratio[:, oy:oy + ph, ox:ox + pw], m[oy:oy + ph, ox:ox + pw], cut[oy:oy + ph, ox:ox + pw]
             if ratio.shape[0] != c:
                 ratio = ratio.mean(0, keepdim=True).expand(c, -1, -1)
             if powers[i] != 1.0:
@@ -136,7 +145,8 @@ class DefectBank:
             t, u = int(places[i, 0] * (h - ph + 1)), int(places[i, 1] * (w - pw + 1))
             region = out[i, :, t:t + ph, u:u + pw]
             changed = (region + _FLOOR) * ratio - _FLOOR
-            out[i, :, t:t + ph, u:u + pw] = torch.where(m[None], changed, region)
+            out[i, :, t:t + ph, u:u + pw] = torch.where(cut[None], changed, region)
             mask[i, t:t + ph, u:u + pw] = m
-        out = torch.where(mask[:, None], out.clamp(0, 1).mul(255).round().div(255), x)
+            pasted[i, t:t + ph, u:u + pw] = cut
+        out = torch.where(pasted[:, None], out.clamp(0, 1).mul(255).round().div(255), x)
         return out, mask

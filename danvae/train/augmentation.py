@@ -27,7 +27,8 @@ class BatchAugmenter:
             return None
         known = torch.nonzero(data.has_mask).flatten()
         bank = DefectBank.from_anomalies(data.images[known].float().div(255.0), data.masks[known],
-                                         self.cfg.synthetic.transplant_background)
+                                         self.cfg.synthetic.transplant_background,
+                                         self.cfg.synthetic.transplant_margin)
         return bank if len(bank) else None
 
     def crops(self, side: int) -> bool:

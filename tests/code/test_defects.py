@@ -143,3 +143,22 @@ def test_a_matched_background_takes_the_defect_alone_off_a_repeating_texture():
             assert err > 0.2, "the local mean keeps the stripes in the ratio"
     with pytest.raises(ValueError, match="background"):
         DefectBank.from_anomalies(images, masks, "median")
+
+
+def test_a_transplant_margin_carries_the_change_a_tight_mask_leaves_out():
+    """A dark disc of radius 5 labelled with a mask of radius 3: with a margin the whole disc is
+    pasted, the target stays the labelled mask; without one, only the masked part moves."""
+    n, size = 4, 48
+    x = torch.full((n, 3, size, size), 0.6)
+    yy, xg = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    d2 = torch.stack([(yy - 20 - 3 * i) ** 2 + (xg - 24) ** 2 for i in range(n)])
+    images, masks = torch.where((d2 <= 25)[:, None], x * 0.5, x), d2 <= 9
+    receiver = torch.full((8, 3, 32, 32), 0.5)
+    for margin, outside in ((0, False), (3, True)):
+        bank = DefectBank.from_anomalies(images, masks, "matched", margin)
+        out, mask = bank.paste(receiver, torch.Generator().manual_seed(0))
+        changed = (out != receiver).any(dim=1)
+        assert (mask.flatten(1).sum(1) == masks[0].sum()).all(), "the target is the labelled mask"
+        assert bool((changed & ~mask).any()) == outside
+        if outside:
+            assert changed.flatten(1).sum(1).min() >= (d2[0] <= 25).sum(), "the whole disc moves"
