@@ -10,7 +10,8 @@ defect's pixels out), so a dark stain on a bright image stays a proportionally d
 on a dim one and the surface texture under the defect comes from the receiving image.
 Each paste takes a random defect of the bank, a random flip and quarter turn, a random
 place and, with a ``strength`` range, a random power of its relative change (below 1: a
-fainter copy of the same defect); pixels change only inside the pasted mask.
+fainter copy of the same defect); pixels change only inside the pasted cut (the mask itself
+unless a ``margin`` is asked for).
 
 The background is by default the local mean around the defect, so the relative change also
 holds the donor surface's own texture under the defect (harmless where a defect scales the
@@ -104,8 +105,8 @@ class DefectBank:
             (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
             k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)
             matched = _matched_background(x, cut, (t, u, b, r), 3) if background == "matched" else None
-            background_ = _local_background(x, ~cut, k) if matched is None else matched
-            ratio = torch.where(cut[None], (x + _FLOOR) / (background_ + _FLOOR), torch.ones_like(x))
+            reference = _local_background(x, ~cut, k) if matched is None else matched
+            ratio = torch.where(cut[None], (x + _FLOOR) / (reference + _FLOOR), torch.ones_like(x))
             ratios.append(ratio[:, t:b, u:r].clamp(0.05, 8.0))
             kept.append(m[t:b, u:r].clone())
             cuts.append(cut[t:b, u:r].clone())
