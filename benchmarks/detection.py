@@ -85,7 +85,10 @@ def make_set(n_normal: int, n_anomaly: int, seed: int, difficulty: str, size: in
         else:
             r = render_surface(rng, size, material, defect, sample_lighting(rng, dark_share), d)
             image, mask = r.image, r.mask
-        images.append(image), masks.append(mask), mats.append(material), kinds.append(defect or "")
+        images.append(image)
+        masks.append(mask)
+        mats.append(material)
+        kinds.append(defect or "")
     kind = np.array(kinds)
     return {"images": np.stack(images), "anomaly": kind != "", "masks": np.stack(masks),
             "material": np.array(mats), "defect": kind}
