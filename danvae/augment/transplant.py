@@ -30,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from danvae.models.score_maps import dilate
+
 _BACKGROUND_KERNEL = 9
 _CANDIDATES = 4096  # windows compared when matching a defect's surroundings
 _FLOOR = 0.02  # added to pixel and background, so near-black backgrounds do not turn noise into huge ratios
@@ -52,10 +54,7 @@ def _matched_background(x: torch.Tensor, m: torch.Tensor, box: tuple[int, int, i
     c, h, w = x.shape
     t, u, b, r = max(box[0] - ring, 0), max(box[1] - ring, 0), min(box[2] + ring, h), min(box[3] + ring, w)
     wh, ww = b - t, r - u
-    if wh > h // 2 + 1 and ww > w // 2 + 1:
-        return None
-    near = F.max_pool2d(m[None, None].float(), 2 * ring + 1, stride=1, padding=ring)[0, 0].bool()
-    around = (near & ~m)[t:b, u:r].float()
+    around = (dilate(m[None], ring)[0] & ~m)[t:b, u:r].float()
     if around.sum() < 4:
         return None
     own = x[:, t:b, u:r]
@@ -99,8 +98,7 @@ class DefectBank:
         for x, m in zip(images.float(), masks.bool()):
             if not m.any():
                 continue
-            cut = (F.max_pool2d(m[None, None].float(), 2 * margin + 1, stride=1, padding=margin)[0, 0].bool()
-                   if margin else m)
+            cut = dilate(m[None], margin)[0]
             pts = torch.nonzero(cut)
             (t, u), (b, r) = pts.min(0).values.tolist(), (pts.max(0).values + 1).tolist()
             k = max(_BACKGROUND_KERNEL, (2 * max(b - t, r - u)) | 1)

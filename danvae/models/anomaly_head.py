@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danvae.models import score_maps as S
+
 
 DEFECT_PRIOR = 0.01  # the head starts out predicting this defect probability everywhere
 FOCAL_GAMMA = 2.0  # the focal loss's defaults (train.focal_gamma, train.focal_alpha)
@@ -70,13 +72,41 @@ class AnomalyHead(nn.Module):
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA,
-               alpha: float = FOCAL_ALPHA) -> torch.Tensor:
-    """Mean binary focal loss (Lin et al. 2017) per image; ``alpha`` weighs the rare defect pixels."""
+               alpha: float = FOCAL_ALPHA, taught: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean binary focal loss (Lin et al. 2017) per image; ``alpha`` weighs the rare defect pixels.
+    With a bool ``taught`` map, the other pixels add nothing (the mean stays over every pixel)."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = p * target + (1 - p) * (1 - target)
     a_t = alpha * target + (1 - alpha) * (1 - target)
-    return (a_t * (1 - p_t).pow(gamma) * ce).flatten(1).mean(dim=1)
+    loss = a_t * (1 - p_t).pow(gamma) * ce
+    if taught is not None:
+        loss = torch.where(taught, loss, torch.zeros_like(loss))
+    return loss.flatten(1).mean(dim=1)
+
+
+def drawn_mask_target(logits: torch.Tensor, mask: torch.Tensor, drawn: torch.Tensor, band: int, share: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's per-pixel target and the pixels it is taught on (both B×H×W), where some masks
+    (``drawn``, B bool) were drawn by hand. A drawn mask bounds its defect loosely: part of it is
+    unchanged surface, and a defect's change can reach past it. So the ``band`` pixels around it
+    teach nothing, and of the mask only the ``share`` of pixels the head rates highest (``logits``)
+    is taught as defect, the rest nothing (multiple-instance learning inside the mask). Other
+    masks are exact: target the mask, every pixel taught."""
+    mask = mask.bool()
+    drawn_px = drawn[:, None, None]
+    taught = torch.ones_like(mask)
+    if band:
+        taught &= ~(drawn_px & S.dilate(mask, band) & ~mask)
+    target = mask
+    if share < 1:
+        inside = logits.detach().flatten(1).masked_fill(~mask.flatten(1), float("-inf"))
+        k = (mask.flatten(1).sum(dim=1) * share).ceil().long().clamp(min=1)
+        kth = inside.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
+        top = mask & (logits.detach() >= kth.view(-1, 1, 1))
+        target = torch.where(drawn_px, top, mask)
+        taught &= ~(drawn_px & mask & ~top)
+    return target.float(), taught
 
 
 def top_k_mean(logits: torch.Tensor, share: float = 0.01) -> torch.Tensor:

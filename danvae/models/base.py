@@ -27,6 +27,7 @@ class Batch:
     has_mask: torch.Tensor | None = None  # B bool: ``mask`` is known for this image (normals: True)
     target: torch.Tensor | None = None  # B×C×H×W: what to reconstruct (the clean image under a synthetic defect)
     unknown: torch.Tensor | None = None  # B×H×W bool: pixels whose clean value is unknown (no reconstruction target)
+    drawn: torch.Tensor | None = None  # B bool: ``mask`` was drawn by hand (a labelled anomaly's, or transplanted)
 
 
 @dataclass
@@ -36,6 +37,8 @@ class LossWeights:
     alpha: float = 1.0
     focal_gamma: float = FOCAL_GAMMA  # the anomaly head's focal loss: focusing power ...
     focal_alpha: float = FOCAL_ALPHA  # ... and weight of the defect pixels
+    drawn_band: int = 0  # pixels around a hand-drawn mask the head learns nothing about ...
+    drawn_share: float = 1.0  # ... and the share of its pixels taught as defect (see anomaly_head.drawn_mask_target)
 
 
 class AnomalyVAE(nn.Module):

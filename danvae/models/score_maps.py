@@ -31,6 +31,14 @@ def smoothed_max(err_map: torch.Tensor, kernel: int) -> torch.Tensor:
     return smooth.flatten(1).max(dim=1).values
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """A B×H×W bool mask grown by ``radius`` pixels (a square neighbourhood)."""
+    if radius == 0:
+        return mask
+    grown = F.max_pool2d(mask[:, None].float(), 2 * radius + 1, stride=1, padding=radius)
+    return grown[:, 0].bool()
+
+
 # ---- local, lighting-insensitive maps ------------------------------------------------
 
 BRIGHTNESS_EPS = 0.02

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from danvae.models import score_maps as S
-from danvae.models.anomaly_head import FOCAL_ALPHA, FOCAL_GAMMA, AnomalyHead, focal_loss, top_k_mean
+from danvae.models.anomaly_head import (FOCAL_ALPHA, FOCAL_GAMMA, AnomalyHead, drawn_mask_target, focal_loss,
+                                        top_k_mean)
 from danvae.models.base import AnomalyVAE, Batch, LossWeights
 from danvae.models.blocks import n_downsamples, reparameterize
 from danvae.models.brightness_leak import LinearLeak, reverse_gradient
@@ -130,9 +131,11 @@ class _SpatialBase(AnomalyVAE):
         return total / len(views)
 
     def head_loss(self, batch: Batch, x_hat: torch.Tensor, gamma: float = FOCAL_GAMMA,
-                  alpha: float = FOCAL_ALPHA) -> torch.Tensor:
-        """Focal loss (``gamma``, ``alpha``) on known masks (every normal image: all zeros); for an
-        anomaly without a mask, BCE on its top-k mean logit (multiple-instance: somewhere in it is a defect)."""
+                  alpha: float = FOCAL_ALPHA, drawn_band: int = 0, drawn_share: float = 1.0) -> torch.Tensor:
+        """Focal loss (``gamma``, ``alpha``) on known masks (every normal image: all zeros), hand-drawn
+        ones (``batch.drawn``) taken as loose bounds (``drawn_band``, ``drawn_share``: see
+        :func:`drawn_mask_target`); for an anomaly without a mask, BCE on its top-k mean logit
+        (multiple-instance: somewhere in it is a defect)."""
         if self.head is None:
             return torch.zeros((), device=batch.x.device)
         has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros_like(batch.anomaly)
@@ -140,10 +143,15 @@ class _SpatialBase(AnomalyVAE):
         loose = batch.anomaly & ~has_mask
         target = (batch.mask.float() if batch.mask is not None
                   else torch.zeros(len(batch.x), *batch.x.shape[-2:], device=batch.x.device))
+        loose_bounds = batch.drawn is not None and bool(batch.drawn.any()) and (drawn_band > 0 or drawn_share < 1)
         loss = torch.zeros((), device=batch.x.device)
         for logits in self._head_logits(batch.x, x_hat):  # each head learns on its own; their maps are averaged
             logits = logits.float()
-            pixel = focal_loss(logits, target, gamma, alpha)
+            if loose_bounds and batch.drawn is not None:
+                drawn_target, taught = drawn_mask_target(logits, target, batch.drawn, drawn_band, drawn_share)
+                pixel = focal_loss(logits, drawn_target, gamma, alpha, taught)
+            else:
+                pixel = focal_loss(logits, target, gamma, alpha)
             loss = loss + torch.where(known, pixel, torch.zeros_like(pixel)).sum()
             if loose.any():
                 image_logit = top_k_mean(logits[loose], 0.01)
@@ -278,7 +286,8 @@ class SpatialDAnVAE(_SpatialBase):
         y_hat = self.regressor(z_y).squeeze(1).float()
         aux = torch.where(batch.y_known, (batch.y - y_hat).pow(2), torch.zeros_like(y_hat)).sum() \
             / batch.y_known.sum().clamp(min=1)
-        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha)
+        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha, weights.drawn_band,
+                              weights.drawn_share)
         pooled = mu_x.mean(dim=(2, 3))
         y_adv = self.adversary(reverse_gradient(pooled)).squeeze(1).float()
         adv = torch.where(batch.y_known, (batch.y - y_adv).pow(2), torch.zeros_like(y_adv)).sum() \
@@ -324,7 +333,8 @@ class SpatialVAE(_SpatialBase):
         mu, logvar = self.encoder(batch.x)
         x_hat = self.decoder(reparameterize(mu, logvar))
         recon_nll, kl_x, _ = self._vae_terms(batch, mu, logvar, x_hat, use_dual_prior=self.uses_anomalies)
-        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha)
+        head = self.head_loss(batch, x_hat, weights.focal_gamma, weights.focal_alpha, weights.drawn_band,
+                              weights.drawn_share)
         total = recon_nll.mean() + weights.beta_x * kl_x.mean() + head
         zero = torch.zeros((), device=total.device)
         target = batch.target if batch.target is not None else batch.x

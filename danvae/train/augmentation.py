@@ -91,18 +91,19 @@ class BatchAugmenter:
         batch = self.relight_some(batch, gen, cfg.lighting.share)
         x = clean = batch.x
         mask = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
+        drawn = torch.zeros(n, dtype=torch.bool, device=x.device)  # a transplant's mask was drawn by hand
         bad = (torch.rand(n, generator=gen) < cfg.synthetic.share).to(x.device)
         if bad.any():
             chosen = x[bad]
             damaged, m = synthesize_defects(chosen, gen, cfg.synthetic.families, cfg.synthetic.strength, side)
+            real = torch.zeros(len(damaged), dtype=torch.bool, device=x.device)
             if self.bank is not None:
-                real = torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant
+                real = (torch.rand(len(damaged), generator=gen) < cfg.synthetic.transplant).to(x.device)
                 if real.any():
-                    real = real.to(x.device)
                     damaged[real], m[real] = self.bank.paste(chosen[real], gen, cfg.synthetic.transplant_strength)
             x = x.clone()
-            x[bad], mask[bad] = damaged, m
-        batch.x, batch.mask = x, mask
+            x[bad], mask[bad], drawn[bad] = damaged, m, real
+        batch.x, batch.mask, batch.drawn = x, mask, drawn
         batch.has_mask = torch.ones(n, dtype=torch.bool, device=x.device)
         batch.target = clean if cfg.synthetic.denoise else None
         return batch

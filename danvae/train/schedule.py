@@ -41,7 +41,8 @@ def loss_weights(cfg: TrainConfig, epoch: int, channels: int, image_size: int) -
     f = warmup_factor(epoch, cfg.warmup_epochs)
     alpha = cfg.alpha if cfg.alpha is not None else default_alpha(channels, image_size)
     return LossWeights(beta_x=cfg.beta_x * f, beta_y=cfg.beta_y * f, alpha=alpha,
-                       focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
+                       focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha,
+                       drawn_band=cfg.drawn_mask_band, drawn_share=cfg.drawn_mask_share)
 
 
 def anomaly_passes(cfg: TrainConfig, anomalies: int, normals: int) -> int:

@@ -135,6 +135,7 @@ class Trainer:
             else:
                 batch.mask = torch.zeros(len(idx), *x.shape[-2:], dtype=torch.bool, device=dev)
                 batch.has_mask = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+            batch.drawn = batch.anomaly & batch.has_mask  # a labelled anomaly's mask was drawn by hand
         return batch
 
     def _step(self, batch: Batch, weights: LossWeights, epoch: int) -> torch.Tensor:

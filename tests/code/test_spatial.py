@@ -301,3 +301,44 @@ def test_focal_loss_at_gamma_0_is_the_alpha_weighted_cross_entropy_and_the_confi
     x_hat = model.reconstruct(batch.x)
     # focusing (gamma 2) down-weighs the many easy normal pixels: a smaller loss than plain BCE
     assert model.head_loss(batch, x_hat, gamma=2.0) < model.head_loss(batch, x_hat, gamma=0.0)
+
+
+def test_a_hand_drawn_mask_is_a_loose_bound_the_band_around_it_and_its_weakest_pixels_teach_nothing():
+    from danvae.models.anomaly_head import drawn_mask_target
+
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[:, 10:14, 10:20] = True  # 40 pixels in each image
+    logits = torch.randn(2, SIZE, SIZE)
+    drawn = torch.tensor([True, False])
+    target, taught = drawn_mask_target(logits, mask, drawn, band=2, share=0.5)
+    assert torch.equal(target[1], mask[1].float()) and taught[1].all(), "an exact mask is taught as it is"
+    ring = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    ring[8:16, 8:22] = True
+    ring &= ~mask[0]
+    assert not taught[0][ring].any() and taught[0][~ring & ~mask[0]].all()
+    positive = target[0].bool()
+    assert int(positive.sum()) == 20 and not (positive & ~mask[0]).any()
+    assert logits[0][positive].min() >= logits[0][mask[0] & ~positive].max(), "the head's strongest half is taught"
+    assert torch.equal(taught[0] & mask[0], positive), "the rest of the mask teaches nothing"
+    target, taught = drawn_mask_target(logits, mask, drawn, band=0, share=1.0)
+    assert torch.equal(target, mask.float()) and taught.all()
+
+
+def test_loose_bounds_reach_the_head_loss_only_for_hand_drawn_masks():
+    from danvae.train.schedule import loss_weights
+
+    weights = loss_weights(TrainConfig(drawn_mask_band=2, drawn_mask_share=0.5), 20, 3, SIZE)
+    assert (weights.drawn_band, weights.drawn_share) == (2, 0.5)
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 8:12, 8:16] = True
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    x_hat = model.reconstruct(batch.x)
+    exact = model.head_loss(batch, x_hat)
+    batch.drawn = torch.tensor([False, False])
+    assert torch.equal(model.head_loss(batch, x_hat, drawn_band=2, drawn_share=0.5), exact)
+    batch.drawn = torch.tensor([False, True])
+    assert torch.equal(model.head_loss(batch, x_hat), exact), "the defaults take a drawn mask as exact"
+    # the untrained head rates every pixel a defect with probability 0.01: half the mask's
+    # positives teach nothing, so the loss falls
+    assert model.head_loss(batch, x_hat, drawn_share=0.5) < exact

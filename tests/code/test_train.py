@@ -178,6 +178,12 @@ def test_labelled_defects_are_transplanted_onto_training_normals_only_when_masks
     batch = trainer.augmenter.augment_normals(trainer._batch(with_masks, torch.arange(8)), torch.Generator().manual_seed(0))
     sizes = batch.mask.flatten(1).sum(1)
     assert (sizes == 4 * 22).all(), "every normal got a real streak (maybe turned), not a synthetic defect"
+    assert batch.drawn.all(), "a transplanted mask is a hand-drawn one"
+    assert trainer._batch(with_masks, torch.arange(10)).drawn.tolist() == anomaly.tolist()
+    synthetic = cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"share": 1.0, "transplant": 0.0})})
+    trainer = Trainer(_model(0), synthetic, progress=False)
+    batch = trainer.augmenter.augment_normals(trainer._batch(with_masks, torch.arange(8)), torch.Generator().manual_seed(0))
+    assert batch.mask.any() and not batch.drawn.any(), "a synthetic defect's mask is exact"
     assert Trainer(_model(0), cfg, progress=False).augmenter.defect_bank(
         TrainingData.from_arrays(imgs, np.full(10, 0.5), anomaly)) is None
 
