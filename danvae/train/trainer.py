@@ -256,8 +256,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['total']:.1f}")
                 self._keep_if_best(epoch, record)
             self.save_checkpoint(epoch)
-        if main and not self._restore_best() and self._averaging():
-            self.model.load_state_dict(self._shipped_average().state_dict())
+        average = self._shipped_average()
+        if main and not self._restore_best() and average is not None:
+            self.model.load_state_dict(average.state_dict())
         barrier(self.world)
         return self.history
 
@@ -265,11 +266,12 @@ class Trainer:
     def _averaged_weights(self):
         """Inside the block the model holds the average of its weights (when one is kept and has
         begun), so validation and keep_best see what would be shipped; the training weights come back after."""
-        if not self._averaging():
+        average = self._shipped_average()
+        if average is None:
             yield
             return
         live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self._shipped_average().state_dict())
+        self.model.load_state_dict(average.state_dict())
         try:
             yield
         finally:
@@ -279,12 +281,10 @@ class Trainer:
     def _average_key(self) -> str:
         return "ema" if self.cfg.ema_decay else "swa"
 
-    def _averaging(self) -> bool:
-        return self._average is not None and int(self._average.n_averaged) > 0
-
-    def _shipped_average(self) -> torch.nn.Module:
-        if self._average is None:
-            raise RuntimeError("no average of the weights is kept")
+    def _shipped_average(self) -> torch.nn.Module | None:
+        """The average of the weights, once one is kept and has begun; else None."""
+        if self._average is None or int(self._average.n_averaged) == 0:
+            return None
         return self._average.module
 
     @property
