@@ -137,10 +137,10 @@ class TrainConfig(_Strict):
     focal_gamma: float = Field(2.0, ge=0, le=5, description="focusing power of the anomaly head's focal loss (0 = weighted BCE)")
     focal_alpha: float = Field(0.75, gt=0, lt=1, description="weight of defect pixels in the anomaly head's focal loss")
     drawn_mask_band: int = Field(
-        0, ge=0, le=8, description="spatial models: pixels around a hand-drawn defect mask (a labelled anomaly's, "
+        2, ge=0, le=8, description="spatial models: pixels around a hand-drawn defect mask (a labelled anomaly's, "
                                    "also when transplanted) that the anomaly head is taught nothing about")
     drawn_mask_share: float = Field(
-        1.0, gt=0, le=1, description="spatial models: share of a hand-drawn mask's pixels the head is taught as "
+        0.5, gt=0, le=1, description="spatial models: share of a hand-drawn mask's pixels the head is taught as "
                                      "defect (those it rates highest); the rest of the mask teaches nothing")
     head_weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW) of the anomaly head's weights; 0 = plain Adam")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over epochs")

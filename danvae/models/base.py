@@ -37,8 +37,8 @@ class LossWeights:
     alpha: float = 1.0
     focal_gamma: float = FOCAL_GAMMA  # the anomaly head's focal loss: focusing power ...
     focal_alpha: float = FOCAL_ALPHA  # ... and weight of the defect pixels
-    drawn_band: int = 0  # pixels around a hand-drawn mask the head learns nothing about ...
-    drawn_share: float = 1.0  # ... and the share of its pixels taught as defect (see anomaly_head.drawn_mask_target)
+    drawn_band: int = 2  # pixels around a hand-drawn mask the head learns nothing about ...
+    drawn_share: float = 0.5  # ... and the share of its pixels taught as defect (see anomaly_head.drawn_mask_target)
 
 
 class AnomalyVAE(nn.Module):
