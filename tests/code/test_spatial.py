@@ -22,6 +22,15 @@ def _batch(n=2, mask=None, has_mask=None, anomaly=(False, True)):
                  has_mask=has_mask)
 
 
+def _head_case(columns: slice):
+    """A model, a batch whose second image has a 4-row defect mask over ``columns``, and its reconstruction."""
+    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    mask[1, 8:12, columns] = True
+    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
+    return model, batch, model.reconstruct(batch.x)
+
+
 def test_dual_prior_acts_only_inside_the_mask():
     mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
     mask[1, 0:4, 4:8] = True  # exactly latent cell (0, 1) at stride 4
@@ -294,11 +303,7 @@ def test_focal_loss_at_gamma_0_is_the_alpha_weighted_cross_entropy_and_the_confi
     assert torch.allclose(anomaly_head.focal_loss(logits, target, gamma=0.0, alpha=0.6), weighted.flatten(1).mean(1))
     weights = loss_weights(TrainConfig(focal_gamma=0.0, focal_alpha=0.6, warmup_epochs=0), 5, 3, SIZE)
     assert (weights.focal_gamma, weights.focal_alpha) == (0.0, 0.6)
-    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
-    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
-    mask[1, 8:12, 8:12] = True
-    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
-    x_hat = model.reconstruct(batch.x)
+    model, batch, x_hat = _head_case(slice(8, 12))
     # focusing (gamma 2) down-weighs the many easy normal pixels: a smaller loss than plain BCE
     assert model.head_loss(batch, x_hat, gamma=2.0) < model.head_loss(batch, x_hat, gamma=0.0)
 
@@ -327,13 +332,9 @@ def test_a_hand_drawn_mask_is_a_loose_bound_the_band_around_it_and_its_weakest_p
 def test_loose_bounds_reach_the_head_loss_only_for_hand_drawn_masks():
     from danvae.train.schedule import loss_weights
 
-    weights = loss_weights(TrainConfig(drawn_mask_band=2, drawn_mask_share=0.5), 20, 3, SIZE)
-    assert (weights.drawn_band, weights.drawn_share) == (2, 0.5)
-    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
-    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
-    mask[1, 8:12, 8:16] = True
-    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
-    x_hat = model.reconstruct(batch.x)
+    weights = loss_weights(TrainConfig(drawn_mask_band=3, drawn_mask_share=0.25), 20, 3, SIZE)
+    assert (weights.drawn_band, weights.drawn_share) == (3, 0.25)
+    model, batch, x_hat = _head_case(slice(8, 16))
     exact = model.head_loss(batch, x_hat)
     batch.drawn = torch.tensor([False, False])
     assert torch.equal(model.head_loss(batch, x_hat, drawn_band=2, drawn_share=0.5), exact)
