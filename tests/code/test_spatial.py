@@ -75,11 +75,8 @@ def test_z_x_does_not_see_a_change_of_gain():
 
 
 def test_head_loss_is_lower_when_the_head_points_at_the_mask():
-    model = build_model(ModelConfig(zx_dim=4, zy_dim=2), 3, SIZE)
-    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
-    mask[1, 8:12, 8:12] = True
-    batch = _batch(mask=mask, has_mask=torch.tensor([True, True]))
-    x_hat = model.reconstruct(batch.x)
+    model, batch, x_hat = _head_case(slice(8, 12))
+    mask = batch.mask
     from danvae.models import anomaly_head
 
     right = anomaly_head.focal_loss(torch.where(mask, 5.0, -5.0), mask.float())
